@@ -1,0 +1,240 @@
+//! Idempotent event consumers.
+//!
+//! A service builds one [`Consumer`] naming itself and mapping each event type
+//! it consumes to a handler: a plain async function of (transaction, event).
+//! [`Consumer::run`] then keeps one quorum queue per source service consumed,
+//! applying deliveries exactly once:
+//!
+//! 1. decode by routing key; an unknown type, a missing or non-UUID
+//!    `message_id` or an undecodable payload is rejected straight to the
+//!    dead-letter queue;
+//! 2. in one transaction per batch of ready deliveries, for each one (in a
+//!    savepoint): insert its `message_id` into `inbox` (already there: a
+//!    duplicate, skipped) and run its handler;
+//! 3. commit, then ack. A handler error rolls back its own savepoint only and
+//!    the message is requeued after a backoff, until the queue's delivery limit
+//!    dead-letters it; [`HandlerError::Reject`] dead-letters at once. If the
+//!    database itself is unreachable the batch is retried as a whole, without
+//!    spending the messages' delivery attempts.
+
+mod runtime;
+
+use std::{collections::BTreeMap, marker::PhantomData, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncPgConnection;
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{Amqp, TraceContext, pg::PgPool};
+
+/// A decoded event and what its envelope said about it.
+#[derive(Clone, Debug)]
+pub struct Received<E> {
+    /// The event.
+    pub event: E,
+    /// Its ID (AMQP `message_id`), unique across all events.
+    pub event_id: Uuid,
+    /// When the producer recorded it (`ce-time`), if the header was present.
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Trace context to continue in events this handler writes.
+    pub trace: TraceContext,
+}
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// A query failed: retried (requeued) until the delivery limit.
+    #[error("database: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// The event can never be applied (it contradicts this service's data):
+    /// dead-lettered at once.
+    #[error("rejected: {0}")]
+    Reject(String),
+}
+
+/// The boxed future a handler returns, borrowing the transaction's connection.
+pub type HandlerFuture<'c> = BoxFuture<'c, Result<(), HandlerError>>;
+
+type HandlerFn<E> =
+    dyn for<'c> Fn(&'c mut AsyncPgConnection, Received<E>) -> HandlerFuture<'c> + Send + Sync;
+
+/// Tuning of a consumer's queues.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Prefix of every exchange and queue name.
+    pub prefix: String,
+    /// Unacknowledged deliveries the broker may push to us per queue.
+    pub prefetch: u16,
+    /// Most deliveries applied in one transaction.
+    pub max_batch: usize,
+    /// Deliveries of one message before it is dead-lettered (`x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// Longest wait before requeueing a failed message.
+    pub max_retry_delay: Duration,
+}
+
+impl ConsumerConfig {
+    /// Defaults under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        ConsumerConfig {
+            prefix: prefix.to_owned(),
+            prefetch: 256,
+            max_batch: 128,
+            delivery_limit: 10,
+            max_retry_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The event handlers of one consuming service.
+pub struct Consumer {
+    name: String,
+    /// source service → routing key → route
+    routes: BTreeMap<&'static str, BTreeMap<&'static str, Arc<dyn Route>>>,
+}
+
+impl Consumer {
+    /// A consumer named after its service (`customer` → queues
+    /// `<prefix>.customer.<source>`).
+    pub fn new(name: impl Into<String>) -> Self {
+        Consumer {
+            name: name.into(),
+            routes: BTreeMap::new(),
+        }
+    }
+
+    /// Handles events of type `E` with `handler`, inside the transaction that
+    /// also records the event in the inbox.
+    ///
+    /// ```ignore
+    /// fn credit<'c>(conn: &'c mut AsyncPgConnection, ev: Received<OrderCreated>) -> HandlerFuture<'c> {
+    ///     Box::pin(async move { /* diesel queries on conn */ Ok(()) })
+    /// }
+    /// Consumer::new("customer").on::<OrderCreated, _>(credit);
+    /// ```
+    pub fn on<E, H>(mut self, handler: H) -> Self
+    where
+        E: dbps::Event + Clone,
+        H: for<'c> Fn(&'c mut AsyncPgConnection, Received<E>) -> HandlerFuture<'c>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let route: Arc<dyn Route> = Arc::new(TypedRoute::<E> {
+            handler: Arc::new(handler),
+            _event: PhantomData,
+        });
+        let previous = self
+            .routes
+            .entry(E::SOURCE)
+            .or_default()
+            .insert(E::TYPE, route);
+        debug_assert!(previous.is_none(), "two handlers for {}", E::TYPE);
+        self
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The services whose events this consumer receives.
+    pub fn sources(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.routes.keys().copied()
+    }
+
+    /// Consumes every source's queue until `shutdown`, reconnecting with
+    /// backoff whenever the broker is lost. `ready` fires once every queue has
+    /// been declared and is being consumed.
+    pub async fn run(
+        self,
+        amqp: Amqp,
+        pool: PgPool,
+        config: ConsumerConfig,
+        shutdown: CancellationToken,
+        ready: oneshot::Sender<()>,
+    ) {
+        let name: Arc<str> = self.name.into();
+        let mut workers = Vec::new();
+        let mut readies = Vec::new();
+        for (source, routes) in self.routes {
+            let (queue_ready, queue_ready_rx) = oneshot::channel();
+            readies.push(queue_ready_rx);
+            let worker = runtime::QueueWorker {
+                consumer: name.clone(),
+                source,
+                routes,
+                amqp: amqp.clone(),
+                pool: pool.clone(),
+                config: config.clone(),
+            };
+            workers.push(tokio::spawn(worker.run(shutdown.clone(), queue_ready)));
+        }
+        tokio::spawn(async move {
+            for queue_ready in readies {
+                if queue_ready.await.is_err() {
+                    return;
+                }
+            }
+            let _ = ready.send(());
+        });
+        for worker in workers {
+            if let Err(error) = worker.await {
+                tracing::error!(%error, "consumer worker panicked");
+            }
+        }
+    }
+}
+
+/// Decodes one event type and prepares its handler.
+trait Route: Send + Sync {
+    fn decode(&self, payload: &[u8], meta: Meta) -> Result<Box<dyn Job>, prost::DecodeError>;
+}
+
+/// A decoded event bound to its handler; re-runnable, so a batch can be
+/// retried whole after the database comes back.
+trait Job: Send + Sync {
+    fn run<'c>(&'c self, conn: &'c mut AsyncPgConnection) -> HandlerFuture<'c>;
+}
+
+/// Envelope fields every route needs.
+#[derive(Clone, Debug)]
+struct Meta {
+    event_id: Uuid,
+    occurred_at: Option<DateTime<Utc>>,
+    trace: TraceContext,
+}
+
+struct TypedRoute<E> {
+    handler: Arc<HandlerFn<E>>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E: dbps::Event + Clone> Route for TypedRoute<E> {
+    fn decode(&self, payload: &[u8], meta: Meta) -> Result<Box<dyn Job>, prost::DecodeError> {
+        let event = E::decode(payload)?;
+        Ok(Box::new(TypedJob {
+            received: Received {
+                event,
+                event_id: meta.event_id,
+                occurred_at: meta.occurred_at,
+                trace: meta.trace,
+            },
+            handler: self.handler.clone(),
+        }))
+    }
+}
+
+struct TypedJob<E> {
+    received: Received<E>,
+    handler: Arc<HandlerFn<E>>,
+}
+
+impl<E: dbps::Event + Clone> Job for TypedJob<E> {
+    fn run<'c>(&'c self, conn: &'c mut AsyncPgConnection) -> HandlerFuture<'c> {
+        (self.handler)(conn, self.received.clone())
+    }
+}

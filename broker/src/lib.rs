@@ -1,0 +1,69 @@
+//! Everything that crosses RabbitMQ, and the Postgres tables that make it safe.
+//!
+//! A service never talks AMQP itself. It hands this crate events and handlers:
+//!
+//! ```text
+//!  gRPC write ──► one diesel transaction ──► business rows + outbox row (+ pg_notify)
+//!                                                   │ commit
+//!  relay (leader by advisory lock) ◄── NOTIFY / poll┘
+//!     │ publish pipelined, confirms + mandatory, mark confirmed rows
+//!     ▼
+//!  <prefix>.<source>.events (topic) ──► <prefix>.<consumer>.<source> (quorum queue)
+//!                                                   │ manual ack, prefetch
+//!  consumer runtime: one transaction per batch ◄────┘
+//!     inbox insert (duplicate = skip) + handler, commit, then ack
+//!     undecodable → dead-letter queue at once; failing → retried, then dead-lettered
+//! ```
+//!
+//! * [`outbox`]: [`Outbox::enqueue`] writes an event inside the caller's transaction.
+//! * [`relay`]: [`Relay`] publishes the outbox; one active relay per service.
+//! * [`consumer`]: [`Consumer`] maps event types to handlers and runs them exactly once.
+//! * [`topology`]: exchange and queue names and declarations.
+//! * [`envelope`]: AMQP properties, CloudEvents headers and [`TraceContext`].
+//! * [`amqp`]: [`Amqp`], the one connection a process shares, reopened after loss.
+//! * [`pg`]: connections pinned to a schema, the outbox/inbox migrations.
+//!
+//! Delivery is at least once by construction; effects are exactly once because
+//! the inbox row and the handler's writes commit together.
+
+pub mod amqp;
+pub mod consumer;
+pub mod envelope;
+mod error;
+pub mod outbox;
+pub mod pg;
+pub mod relay;
+mod schema;
+pub mod topology;
+
+pub use amqp::Amqp;
+pub use consumer::{Consumer, ConsumerConfig, HandlerError, Received};
+pub use envelope::TraceContext;
+pub use error::BrokerError;
+pub use outbox::Outbox;
+pub use relay::{Relay, RelayConfig};
+
+/// Delay before retry number `attempt` (0-based): 100 ms doubling up to `max`,
+/// with jitter so that many waiting clients do not retry in step.
+pub(crate) fn backoff_delay(attempt: u32, max: std::time::Duration) -> std::time::Duration {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt as usize)
+        .unwrap_or(max)
+}
+
+/// Sleeps for `delay` unless `shutdown` fires first; returns false on shutdown.
+pub(crate) async fn sleep_or_shutdown(
+    delay: std::time::Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}

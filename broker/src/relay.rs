@@ -1,0 +1,339 @@
+//! Publishes a service's outbox to its exchange.
+//!
+//! One relay per service is active at a time: the one whose dedicated
+//! connection holds a session advisory lock. Others wait as standbys and take
+//! over within [`RelayConfig::standby_poll`] when the leader's session ends.
+//!
+//! Each round the leader reads unpublished rows `ORDER BY id LIMIT batch_size`
+//! (no `id > last_seen` cursor: a transaction that committed late with a smaller
+//! id is still found), publishes them all before waiting for any confirm, and
+//! marks exactly the rows the broker confirmed and routed. A full batch starts
+//! the next round at once; otherwise the relay sleeps until a NOTIFY from a
+//! committing writer or the fallback poll. Rows that were nacked or returned
+//! unroutable stay unpublished and are retried after a backoff.
+//!
+//! A relay that dies between publish and mark publishes those rows again on
+//! the next round: delivery is at least once, and consumers deduplicate.
+
+use std::{
+    pin::pin,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    ExpressionMethods, QueryDsl, QueryableByName, Selectable, SelectableHelper,
+    sql_types::{Bool, Text},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use futures_util::{FutureExt, StreamExt, future::join_all};
+use lapin::{Channel, Confirmation, options::BasicPublishOptions, options::ConfirmSelectOptions};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    Amqp, BrokerError, backoff_delay, envelope, outbox::notify_channel, pg, schema::inbox,
+    schema::outbox, sleep_or_shutdown, topology,
+};
+
+/// How a relay finds, publishes and cleans up its outbox.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// The publishing service; names the exchange `<prefix>.<source>.events`.
+    pub source: String,
+    /// Prefix of every exchange and queue name.
+    pub prefix: String,
+    /// URL of the service's database, for the relay's dedicated connection.
+    pub database_url: String,
+    /// The service's schema, holding `outbox` and `inbox`.
+    pub schema: String,
+    /// Rows published per round.
+    pub batch_size: i64,
+    /// Longest wait between rounds when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// Whether to LISTEN for writers' NOTIFY (otherwise poll only).
+    pub listen: bool,
+    /// How often a standby tries to become the leader.
+    pub standby_poll: Duration,
+    /// Published outbox rows older than this are deleted.
+    pub outbox_retention: Duration,
+    /// Inbox rows older than this are deleted; must exceed the longest time a
+    /// message can wait for redelivery.
+    pub inbox_retention: Duration,
+}
+
+impl RelayConfig {
+    /// Defaults for a service `source` in `schema`.
+    pub fn new(source: &str, prefix: &str, database_url: &str, schema: &str) -> Self {
+        RelayConfig {
+            source: source.to_owned(),
+            prefix: prefix.to_owned(),
+            database_url: database_url.to_owned(),
+            schema: schema.to_owned(),
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            listen: true,
+            standby_poll: Duration::from_secs(1),
+            outbox_retention: Duration::from_secs(24 * 3600),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// How often the leader deletes expired outbox and inbox rows.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// The outbox relay of one service.
+pub struct Relay {
+    config: RelayConfig,
+    amqp: Amqp,
+}
+
+#[derive(diesel::Queryable, Selectable)]
+#[diesel(table_name = outbox)]
+struct Row {
+    id: i64,
+    event_id: Uuid,
+    event_type: String,
+    payload: Vec<u8>,
+    headers: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+}
+
+/// What one round did.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Round {
+    fetched: usize,
+    published: usize,
+}
+
+impl Relay {
+    /// A relay publishing through `amqp`.
+    pub fn new(config: RelayConfig, amqp: Amqp) -> Self {
+        Relay { config, amqp }
+    }
+
+    /// Runs until `shutdown`: declares the exchange (then signals `ready`),
+    /// waits to become leader, and publishes. Every failure (database or broker
+    /// lost) drops the connection, and with it leadership, and starts over after
+    /// a backoff.
+    pub async fn run(self, shutdown: CancellationToken, ready: oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut attempt = 0;
+        loop {
+            match self.lead(&shutdown, &mut ready, &mut attempt).await {
+                Ok(()) => return,
+                Err(error) => {
+                    let delay = backoff_delay(attempt, Duration::from_secs(10));
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(%error, retry_in = ?delay, source = %self.config.source, "outbox relay failed");
+                    if !sleep_or_shutdown(delay, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lead(
+        &self,
+        shutdown: &CancellationToken,
+        ready: &mut Option<oneshot::Sender<()>>,
+        attempt: &mut u32,
+    ) -> Result<(), BrokerError> {
+        let config = &self.config;
+        let channel = self.amqp.channel().await?;
+        topology::declare_exchange(&channel, &config.prefix, &config.source).await?;
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+
+        let mut conn = pg::connect(&config.database_url, &config.schema).await?;
+        while !try_lock(&mut conn, &config.schema).await? {
+            if !sleep_or_shutdown(config.standby_poll, shutdown).await {
+                return Ok(());
+            }
+        }
+        tracing::info!(source = %config.source, "outbox relay is the leader");
+        if config.listen {
+            // Before the first scan, so no commit between scan and wait is missed.
+            conn.batch_execute(&format!(
+                "LISTEN {}",
+                pg::quote_ident(&notify_channel(&config.schema))
+            ))
+            .await?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *attempt = 0;
+
+        let mut failed_rounds = 0;
+        let mut last_housekeeping: Option<Instant> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let round = self.publish_round(&mut conn, &channel).await?;
+            if last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
+                self.housekeeping(&mut conn).await?;
+                last_housekeeping = Some(Instant::now());
+            }
+            if round.published < round.fetched {
+                let delay = backoff_delay(failed_rounds, Duration::from_secs(5));
+                failed_rounds = failed_rounds.saturating_add(1);
+                tracing::warn!(
+                    unconfirmed = round.fetched - round.published,
+                    retry_in = ?delay,
+                    "some events were not confirmed or had no queue to go to; they stay in the outbox"
+                );
+                if !sleep_or_shutdown(delay, shutdown).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            failed_rounds = 0;
+            if round.fetched as i64 == config.batch_size {
+                continue;
+            }
+            if !wait_for_work(&mut conn, config.poll_interval, shutdown).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn publish_round(
+        &self,
+        conn: &mut AsyncPgConnection,
+        channel: &Channel,
+    ) -> Result<Round, BrokerError> {
+        let rows: Vec<Row> = outbox::table
+            .filter(outbox::published_at.is_null())
+            .order(outbox::id)
+            .limit(self.config.batch_size)
+            .select(Row::as_select())
+            .load(conn)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Round::default());
+        }
+
+        let exchange = topology::exchange(&self.config.prefix, &self.config.source);
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let properties = envelope::properties(
+                &self.config.source,
+                row.event_id,
+                &row.event_type,
+                row.created_at,
+                &row.headers,
+            );
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    row.event_type.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &row.payload,
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+
+        let mut confirmed = Vec::with_capacity(rows.len());
+        for (row, confirmation) in rows.iter().zip(join_all(confirms).await) {
+            match confirmation? {
+                Confirmation::Ack(None) => confirmed.push(row.id),
+                Confirmation::Ack(Some(returned)) => tracing::warn!(
+                    event_id = %row.event_id,
+                    event_type = %row.event_type,
+                    reply = %returned.reply_text,
+                    "event returned unroutable: no queue is bound for it yet"
+                ),
+                Confirmation::Nack(_) => {
+                    tracing::warn!(event_id = %row.event_id, "broker refused the event")
+                }
+                Confirmation::NotRequested => {
+                    tracing::error!("publisher confirms are off; not marking")
+                }
+            }
+        }
+        if !confirmed.is_empty() {
+            diesel::update(outbox::table.filter(outbox::id.eq_any(&confirmed)))
+                .set(outbox::published_at.eq(diesel::dsl::now))
+                .execute(conn)
+                .await?;
+        }
+        tracing::debug!(
+            fetched = rows.len(),
+            published = confirmed.len(),
+            "relay round"
+        );
+        Ok(Round {
+            fetched: rows.len(),
+            published: confirmed.len(),
+        })
+    }
+
+    async fn housekeeping(&self, conn: &mut AsyncPgConnection) -> Result<(), BrokerError> {
+        let outbox_cutoff = Utc::now() - self.config.outbox_retention;
+        let inbox_cutoff = Utc::now() - self.config.inbox_retention;
+        let outbox_deleted =
+            diesel::delete(outbox::table.filter(outbox::published_at.lt(outbox_cutoff)))
+                .execute(conn)
+                .await?;
+        let inbox_deleted = diesel::delete(inbox::table.filter(inbox::applied_at.lt(inbox_cutoff)))
+            .execute(conn)
+            .await?;
+        if outbox_deleted + inbox_deleted > 0 {
+            tracing::info!(
+                outbox_deleted,
+                inbox_deleted,
+                "expired outbox and inbox rows deleted"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Takes the service's relay lock on this session, if free.
+async fn try_lock(conn: &mut AsyncPgConnection, schema: &str) -> Result<bool, BrokerError> {
+    let row: Locked =
+        diesel::sql_query("SELECT pg_try_advisory_lock(hashtext('outbox relay ' || $1)) AS locked")
+            .bind::<Text, _>(schema)
+            .get_result(conn)
+            .await?;
+    Ok(row.locked)
+}
+
+/// Waits for a NOTIFY, the poll interval or shutdown; false on shutdown.
+async fn wait_for_work(
+    conn: &mut AsyncPgConnection,
+    poll: Duration,
+    shutdown: &CancellationToken,
+) -> Result<bool, BrokerError> {
+    let mut notifications = pin!(conn.notifications_stream());
+    tokio::select! {
+        notification = notifications.next() => match notification {
+            Some(Ok(_)) => {
+                // Many commits, one round: drain what is already queued.
+                while let Some(Some(Ok(_))) = notifications.next().now_or_never() {}
+                Ok(true)
+            }
+            Some(Err(error)) => Err(error.into()),
+            None => Err(BrokerError::ListenerClosed),
+        },
+        _ = tokio::time::sleep(poll) => Ok(true),
+        _ = shutdown.cancelled() => Ok(false),
+    }
+}

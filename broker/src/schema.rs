@@ -1,0 +1,24 @@
+//! The outbox and inbox tables (see `migrations/`). Unqualified: each service's
+//! connections have `search_path` pinned to its own schema.
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        event_id -> Uuid,
+        aggregate_type -> Text,
+        aggregate_id -> Text,
+        event_type -> Text,
+        payload -> Bytea,
+        headers -> Jsonb,
+        created_at -> Timestamptz,
+        published_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    inbox (message_id) {
+        message_id -> Uuid,
+        event_type -> Text,
+        applied_at -> Timestamptz,
+    }
+}

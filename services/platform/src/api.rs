@@ -1,0 +1,285 @@
+//! The edge of every gRPC API: one error type, one mapping to status codes.
+//!
+//! | failure                              | code                  |
+//! |--------------------------------------|-----------------------|
+//! | a field is invalid                   | `INVALID_ARGUMENT` + `google.rpc.BadRequest` |
+//! | the thing asked for does not exist   | `NOT_FOUND`           |
+//! | it exists already                    | `ALREADY_EXISTS`      |
+//! | a business rule says no              | `FAILED_PRECONDITION` |
+//! | the database cannot be reached       | `UNAVAILABLE`         |
+//! | anything else (a bug)                | `INTERNAL`, opaque; details only in the log |
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use broker::TraceContext;
+use diesel_async::pooled_connection::{PoolError, bb8::RunError};
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// One or more fields are invalid.
+    #[error("invalid request: {}", summary(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A business rule refuses the request in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A dependency (the database) is unreachable; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn summary(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    /// One invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(error: diesel::result::Error) -> Self {
+        if broker::pg::is_connection_error(&error) {
+            tracing::warn!(%error, "database unreachable");
+            ApiError::Unavailable("the database is unavailable; retry later".into())
+        } else {
+            ApiError::Internal(error.into())
+        }
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(error: RunError) -> Self {
+        tracing::warn!(%error, "no database connection");
+        ApiError::Unavailable("the database is unavailable; retry later".into())
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(error: PoolError) -> Self {
+        RunError::User(error).into()
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument(violations) => Status::with_error_details(
+                Code::InvalidArgument,
+                format!("invalid request: {}", summary(&violations)),
+                ErrorDetails::with_bad_request(violations),
+            ),
+            ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::AlreadyExists(message) => Status::already_exists(message),
+            ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ApiError::Unavailable(message) => Status::unavailable(message),
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// Collects every invalid field of a request, so a client learns all of them
+/// at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// No violations yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` is invalid.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// The value of a parse, or `None` after recording its error for `field`.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: impl Into<String>,
+        parsed: Result<T, E>,
+    ) -> Option<T> {
+        parsed
+            .map_err(|error| self.add(field, error.to_string()))
+            .ok()
+    }
+
+    /// True if nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` if nothing was recorded.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into())
+        }
+    }
+}
+
+impl From<Violations> for ApiError {
+    fn from(violations: Violations) -> Self {
+        ApiError::InvalidArgument(violations.0)
+    }
+}
+
+/// Page size when the request says 0.
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+/// Largest page size.
+pub const MAX_PAGE_SIZE: i64 = 1000;
+
+/// A validated `page_size` and `page_token`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Rows to return.
+    pub size: i64,
+    /// Key of the last row of the previous page, if any.
+    pub after: Option<String>,
+}
+
+impl Page {
+    /// Validates `page_size` (0 = default, 1..=1000) and `page_token` (empty or
+    /// one this service issued), recording violations.
+    pub fn parse(violations: &mut Violations, page_size: i32, page_token: &str) -> Option<Page> {
+        let size = match i64::from(page_size) {
+            0 => Some(DEFAULT_PAGE_SIZE),
+            n @ 1..=MAX_PAGE_SIZE => Some(n),
+            _ => {
+                violations.add(
+                    "page_size",
+                    format!("must be between 0 and {MAX_PAGE_SIZE}"),
+                );
+                None
+            }
+        };
+        let after = if page_token.is_empty() {
+            Some(None)
+        } else {
+            let decoded = URL_SAFE_NO_PAD
+                .decode(page_token)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok());
+            if decoded.is_none() {
+                violations.add("page_token", "not a token this service issued");
+            }
+            decoded.map(Some)
+        };
+        Some(Page {
+            size: size?,
+            after: after?,
+        })
+    }
+
+    /// The token for the page after the one ending at `last_key`.
+    pub fn token_after(last_key: &str) -> String {
+        URL_SAFE_NO_PAD.encode(last_key)
+    }
+
+    /// `next_page_token` for a page of `rows` fetched with `size + 1` rows:
+    /// trims the extra row and returns the token if there was one.
+    pub fn finish<T>(&self, rows: &mut Vec<T>, key: impl Fn(&T) -> String) -> String {
+        let limit = usize::try_from(self.size).unwrap_or(usize::MAX);
+        if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last()
+                .map(|row| Page::token_after(&key(row)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// The trace context of a request: continues the caller's `traceparent`
+/// metadata if valid, else starts a trace.
+pub fn trace_context<T>(request: &Request<T>) -> TraceContext {
+    TraceContext::continue_or_start(
+        request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_size_zero_means_default_and_out_of_range_is_a_violation() {
+        let mut v = Violations::new();
+        assert_eq!(
+            Page::parse(&mut v, 0, ""),
+            Some(Page {
+                size: DEFAULT_PAGE_SIZE,
+                after: None
+            })
+        );
+        assert_eq!(Page::parse(&mut v, 1000, "").map(|p| p.size), Some(1000));
+        assert!(v.is_empty());
+        assert_eq!(Page::parse(&mut v, -1, ""), None);
+        assert_eq!(Page::parse(&mut v, 1001, ""), None);
+        assert_eq!(v.0.len(), 2);
+        assert!(v.0.iter().all(|f| f.field == "page_size"));
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        let mut v = Violations::new();
+        let token = Page::token_after("SKU-1");
+        assert_eq!(
+            Page::parse(&mut v, 10, &token)
+                .and_then(|p| p.after)
+                .as_deref(),
+            Some("SKU-1")
+        );
+        assert_eq!(Page::parse(&mut v, 10, "***"), None);
+        assert_eq!(v.0.len(), 1);
+        assert_eq!(v.0[0].field, "page_token");
+    }
+
+    #[test]
+    fn invalid_argument_carries_bad_request_details() {
+        let mut v = Violations::new();
+        v.add("email", "not an email address");
+        v.add("name", "must not be empty");
+        let status = Status::from(ApiError::from(v));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["email", "name"]);
+        assert!(status.message().contains("email: not an email address"));
+    }
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let status = Status::from(ApiError::Internal(anyhow::anyhow!("secret detail")));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

@@ -1,0 +1,306 @@
+//! From configuration to a running service, and back down on shutdown.
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use broker::{Amqp, Consumer, ConsumerConfig, Outbox, Relay, RelayConfig, pg::PgPool};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    body::Body,
+    codegen::{Service, http},
+    server::NamedService,
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    bootstrap,
+    config::{Config, ServiceSpec, Settings},
+    db,
+};
+
+/// A service's connections, ready for its API and handlers.
+pub struct Infra {
+    spec: &'static ServiceSpec,
+    /// Connections as the service's role, `search_path` = its schema.
+    pub pool: PgPool,
+    /// Writes events for the relay to publish.
+    pub outbox: Outbox,
+    amqp: Amqp,
+    database_url: String,
+    settings: Settings,
+}
+
+/// How long to keep retrying the database when a service starts before it.
+const DATABASE_WAIT: Duration = Duration::from_secs(60);
+
+impl Infra {
+    /// Bootstraps (with an admin URL), migrates and opens the pool, waiting up
+    /// to a minute for the database to come up.
+    pub async fn connect<X: clap::Args>(
+        spec: &'static ServiceSpec,
+        config: &Config<X>,
+    ) -> anyhow::Result<Infra> {
+        let settings = config.settings.clone();
+        let database_url = config.database_url.clone();
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match Self::prepare_database(spec, &database_url, &settings).await {
+                Ok(()) => break,
+                Err(error) if started.elapsed() < DATABASE_WAIT => {
+                    attempt += 1;
+                    let delay = Duration::from_millis(200 * u64::from(attempt.min(10)));
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "database not ready");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let pool = db::pool(&database_url, spec.schema, settings.db_pool_size).await?;
+        let mut outbox = Outbox::new(spec.name, spec.schema);
+        if !settings.outbox_notify {
+            outbox = outbox.without_notify();
+        }
+        let amqp = Amqp::new(settings.amqp_url.clone(), format!("{}-service", spec.name));
+        Ok(Infra {
+            spec,
+            pool,
+            outbox,
+            amqp,
+            database_url,
+            settings,
+        })
+    }
+
+    async fn prepare_database(
+        spec: &'static ServiceSpec,
+        database_url: &str,
+        settings: &Settings,
+    ) -> anyhow::Result<()> {
+        if let Some(admin) = &settings.admin_database_url {
+            bootstrap::run(admin, database_url, spec.schema).await?;
+        }
+        let sets = vec![&broker::pg::MIGRATIONS, &spec.migrations];
+        let applied = db::migrate(database_url, spec.schema, sets).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, schema = spec.schema, "migrations applied");
+        }
+        Ok(())
+    }
+
+    /// The shared settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Starts describing the server: add the API, then the consumer, then bind.
+    pub fn server(self) -> AppBuilder {
+        AppBuilder {
+            infra: self,
+            routes: Routes::builder(),
+            names: Vec::new(),
+            consumer: None,
+            relay: true,
+        }
+    }
+}
+
+/// Collects what a service runs before it binds.
+pub struct AppBuilder {
+    infra: Infra,
+    routes: tonic::service::RoutesBuilder,
+    names: Vec<&'static str>,
+    consumer: Option<Consumer>,
+    relay: bool,
+}
+
+impl AppBuilder {
+    /// Adds a gRPC service; its health status follows the service's readiness.
+    pub fn api<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self.names.push(S::NAME);
+        self
+    }
+
+    /// Runs `consumer` beside the server.
+    pub fn consumer(mut self, consumer: Consumer) -> Self {
+        self.consumer = Some(consumer);
+        self
+    }
+
+    /// No outbox relay (for a service that publishes nothing).
+    pub fn without_relay(mut self) -> Self {
+        self.relay = false;
+        self
+    }
+
+    /// Binds the gRPC listener (port 0 picks a free port).
+    pub async fn bind(self, addr: SocketAddr) -> anyhow::Result<App> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!(service = self.infra.spec.name, %local_addr, "gRPC listening");
+        Ok(App {
+            builder: self,
+            listener,
+            local_addr,
+        })
+    }
+}
+
+/// A service bound to its port, not yet serving.
+pub struct App {
+    builder: AppBuilder,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl App {
+    /// Where the gRPC server listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown`, with the relay and consumers beside the
+    /// server. Health says NOT_SERVING until the broker side is declared and
+    /// consuming, and again from the moment shutdown begins. On shutdown the
+    /// server stops accepting and finishes in-flight calls, the relay and the
+    /// consumers finish their current round (ack after commit), all within
+    /// the shutdown grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App {
+            builder, listener, ..
+        } = self;
+        let AppBuilder {
+            infra,
+            routes,
+            names,
+            consumer,
+            relay,
+        } = builder;
+        let Infra {
+            spec,
+            pool,
+            amqp,
+            database_url,
+            settings,
+            ..
+        } = infra;
+        let grace = settings.shutdown_grace;
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        set_status(&reporter, &names, ServingStatus::NotServing).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dbps::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dbps::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let mut workers = JoinSet::new();
+        let mut readiness = Vec::new();
+        if relay {
+            let (ready, is_ready) = oneshot::channel();
+            readiness.push(is_ready);
+            let mut config =
+                RelayConfig::new(spec.name, &settings.amqp_prefix, &database_url, spec.schema);
+            config.batch_size = settings.relay_batch_size;
+            config.poll_interval = settings.relay_poll_interval;
+            config.listen = settings.outbox_notify;
+            config.outbox_retention = settings.outbox_retention;
+            config.inbox_retention = settings.inbox_retention;
+            workers.spawn(Relay::new(config, amqp.clone()).run(shutdown.clone(), ready));
+        }
+        if let Some(consumer) = consumer {
+            let (ready, is_ready) = oneshot::channel();
+            readiness.push(is_ready);
+            let mut config = ConsumerConfig::new(&settings.amqp_prefix);
+            config.prefetch = settings.consumer_prefetch;
+            config.delivery_limit = settings.consumer_delivery_limit;
+            workers.spawn(consumer.run(
+                amqp.clone(),
+                pool.clone(),
+                config,
+                shutdown.clone(),
+                ready,
+            ));
+        }
+        {
+            let reporter = reporter.clone();
+            let names = names.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                for is_ready in readiness {
+                    if is_ready.await.is_err() {
+                        return;
+                    }
+                }
+                if !shutdown.is_cancelled() {
+                    set_status(&reporter, &names, ServingStatus::Serving).await;
+                    tracing::info!(service = spec.name, "SERVING");
+                }
+            });
+        }
+
+        let mut routes = routes.routes();
+        routes = routes
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_alpha);
+        let stopping = {
+            let shutdown = shutdown.clone();
+            let reporter = reporter.clone();
+            let names = names.clone();
+            async move {
+                shutdown.cancelled().await;
+                set_status(&reporter, &names, ServingStatus::NotServing).await;
+            }
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = Server::builder()
+            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stopping);
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = shutdown.cancelled() => {
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    tracing::warn!(?grace, "in-flight calls outlived the grace period; closing them");
+                }
+            }
+        }
+        shutdown.cancel();
+        if tokio::time::timeout(grace, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("relay or consumers outlived the grace period");
+        }
+        amqp.close().await;
+        tracing::info!(service = spec.name, "stopped");
+        Ok(())
+    }
+}
+
+async fn set_status(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in names {
+        reporter.set_service_status(*name, status).await;
+    }
+}

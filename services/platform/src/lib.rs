@@ -1,0 +1,114 @@
+//! What every service shares, so each service holds only its own domain.
+//!
+//! * [`config`]: one clap configuration for all services, defaults per service.
+//! * [`telemetry`]: structured logs (text or JSON) filtered by `RUST_LOG`.
+//! * [`bootstrap`]: creates a service's database, role and schema from an admin URL.
+//! * [`db`]: the connection pool and embedded migrations.
+//! * [`api`]: [`ApiError`], the one mapping from failures to gRPC status codes,
+//!   field-violation collection and page tokens.
+//! * [`app`]: binds the gRPC server (with health and reflection), runs the
+//!   outbox relay and event consumers beside it, and shuts all down together.
+//!
+//! A service's `main` is [`main`] with its [`ServiceSpec`] and a `build`
+//! function that turns [`Infra`] into an [`App`]:
+//!
+//! ```text
+//! main ─► Config::parse ─► Infra::connect (bootstrap?, migrate, pool)
+//!      ─► build: api + consumer ─► App::run (serve, relay, consume) ─► signal ─► drain
+//! ```
+
+pub mod api;
+pub mod app;
+pub mod bootstrap;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod telemetry;
+
+use std::{future::Future, process::ExitCode};
+
+use clap::{Args, FromArgMatches};
+use tokio_util::sync::CancellationToken;
+
+pub use api::{ApiError, Violations};
+pub use app::{App, Infra};
+pub use config::{Command, Config, NoExtra, ServiceSpec, Settings};
+
+/// Runs a service binary: parses its configuration and runs the chosen
+/// command (`serve` by default, `bootstrap`, `healthcheck`).
+pub fn main<X, F, Fut>(spec: &'static ServiceSpec, build: F) -> ExitCode
+where
+    X: Args + FromArgMatches,
+    F: FnOnce(Infra, Config<X>) -> Fut,
+    Fut: Future<Output = anyhow::Result<App>>,
+{
+    let config = Config::<X>::parse_for(spec);
+    telemetry::init(config.settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match config.command.clone().unwrap_or_default() {
+            Command::Serve => {
+                let shutdown = shutdown_on_signal();
+                let infra = Infra::connect(spec, &config).await?;
+                build(infra, config).await?.run(shutdown).await
+            }
+            Command::Bootstrap => {
+                let admin = config
+                    .settings
+                    .admin_database_url
+                    .as_deref()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("bootstrap needs --admin-database-url (ADMIN_DATABASE_URL)")
+                    })?;
+                bootstrap::run(admin, &config.database_url, spec.schema).await
+            }
+            Command::Healthcheck => health::check(config.grpc_addr).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), service = spec.name, "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut terminate) => {
+                    tokio::select! {
+                        _ = ctrl_c => {},
+                        _ = terminate.recv() => {},
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    token
+}

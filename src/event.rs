@@ -1,0 +1,45 @@
+use crate::{customer, inventory, order};
+
+/// An event message and its place on the broker.
+///
+/// Every service publishes to its own topic exchange `<prefix>.<SOURCE>.events`
+/// with the routing key [`Event::TYPE`]; consumers bind to the keys they handle.
+pub trait Event: prost::Message + Default + Send + Sync + 'static {
+    /// The service that publishes it, which names its exchange.
+    const SOURCE: &'static str;
+    /// Routing key and AMQP `type`, e.g. `order.created`.
+    const TYPE: &'static str;
+    /// Fully qualified protobuf name, used as CloudEvents `type`.
+    const PROTO_NAME: &'static str;
+    /// The kind of aggregate the event is about, e.g. `order`.
+    const AGGREGATE: &'static str;
+
+    /// The ID of the aggregate (CloudEvents `subject`); events of one aggregate
+    /// are published in the order they were committed.
+    fn aggregate_id(&self) -> &str;
+}
+
+macro_rules! events {
+    ($($ty:ty => $source:literal, $key:literal, $proto:literal, $aggregate:literal, $id:ident;)*) => {$(
+        impl Event for $ty {
+            const SOURCE: &'static str = $source;
+            const TYPE: &'static str = $key;
+            const PROTO_NAME: &'static str = $proto;
+            const AGGREGATE: &'static str = $aggregate;
+
+            fn aggregate_id(&self) -> &str {
+                &self.$id
+            }
+        }
+    )*};
+}
+
+events! {
+    customer::v1::CustomerRegistered => "customer", "customer.registered", "customer.v1.CustomerRegistered", "customer", customer_id;
+    customer::v1::LoyaltyPointsChanged => "customer", "customer.points_changed", "customer.v1.LoyaltyPointsChanged", "customer", customer_id;
+    inventory::v1::ProductChanged => "inventory", "product.changed", "inventory.v1.ProductChanged", "product", sku;
+    inventory::v1::StockReserved => "inventory", "stock.reserved", "inventory.v1.StockReserved", "order", order_id;
+    inventory::v1::StockRejected => "inventory", "stock.rejected", "inventory.v1.StockRejected", "order", order_id;
+    inventory::v1::StockReleased => "inventory", "stock.released", "inventory.v1.StockReleased", "order", order_id;
+    order::v1::OrderCreated => "order", "order.created", "order.v1.OrderCreated", "order", order_id;
+}
