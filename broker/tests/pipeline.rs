@@ -1,0 +1,312 @@
+//! The outbox → relay → RabbitMQ → consumer pipeline against the real servers.
+//!
+//! A probe consumer records each `customer.registered` it applies in `seen`,
+//! counting applications, so an event applied twice would show `times = 2`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::time::Duration;
+
+use broker::{
+    Amqp, Consumer, ConsumerConfig, HandlerError, Outbox, Received, Relay, RelayConfig,
+    TraceContext, consumer::HandlerFuture, pg::PgPool, topology,
+};
+use dbps::customer::v1::CustomerRegistered;
+use diesel::{QueryableByName, sql_types::BigInt, sql_types::Integer, sql_types::Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use lapin::{
+    BasicProperties,
+    options::{BasicPublishOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use prost::Message;
+use testkit::{TestEnv, eventually};
+use tokio_util::sync::CancellationToken;
+
+const SCHEMA: &str = "probe";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Probe {
+    env: TestEnv,
+    url: String,
+    pool: PgPool,
+    amqp: Amqp,
+    outbox: Outbox,
+    shutdown: CancellationToken,
+}
+
+impl Probe {
+    async fn new() -> Probe {
+        let env = TestEnv::new().await;
+        env.track_consumer("probe");
+        let url = env.admin_url_of(&env.database);
+        let mut admin = testkit::admin_connection(&env.database).await;
+        admin
+            .batch_execute(
+                "CREATE SCHEMA probe;
+                 CREATE TABLE probe.seen (customer_id text PRIMARY KEY, times int NOT NULL);",
+            )
+            .await
+            .unwrap();
+        platform::db::migrate(&url, SCHEMA, vec![&broker::pg::MIGRATIONS])
+            .await
+            .unwrap();
+        let pool = platform::db::pool(&url, SCHEMA, 4).await.unwrap();
+        Probe {
+            amqp: Amqp::new(testkit::amqp_url(), "probe"),
+            outbox: Outbox::new("customer", SCHEMA),
+            shutdown: CancellationToken::new(),
+            env,
+            url,
+            pool,
+        }
+    }
+
+    fn consumer_config(&self) -> ConsumerConfig {
+        let mut config = ConsumerConfig::new(&self.env.prefix);
+        config.delivery_limit = 3;
+        config.max_retry_delay = Duration::from_millis(200);
+        config
+    }
+
+    /// Starts the probe consumer; returns once its queue is consumed.
+    async fn start_consumer(&self) {
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let consumer = Consumer::new("probe").on::<CustomerRegistered, _>(record);
+        tokio::spawn(consumer.run(
+            self.amqp.clone(),
+            self.pool.clone(),
+            self.consumer_config(),
+            self.shutdown.clone(),
+            ready,
+        ));
+        is_ready.await.unwrap();
+    }
+
+    /// Starts a relay; cancel the returned token to stop it.
+    async fn start_relay(&self) -> CancellationToken {
+        let stop = self.shutdown.child_token();
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        let config = RelayConfig::new("customer", &self.env.prefix, &self.url, SCHEMA);
+        tokio::spawn(Relay::new(config, self.amqp.clone()).run(stop.clone(), ready));
+        is_ready.await.unwrap();
+        stop
+    }
+
+    async fn conn(&self) -> AsyncPgConnection {
+        broker::pg::connect(&self.url, SCHEMA).await.unwrap()
+    }
+
+    async fn enqueue(&self, conn: &mut AsyncPgConnection, customer_id: &str) {
+        self.outbox
+            .enqueue(conn, &registered(customer_id), &TraceContext::new_root())
+            .await
+            .unwrap();
+    }
+
+    async fn times(&self, customer_id: &str) -> Option<i32> {
+        #[derive(QueryableByName)]
+        struct Times {
+            #[diesel(sql_type = Integer)]
+            times: i32,
+        }
+        let mut conn = self.pool.get().await.unwrap();
+        diesel::sql_query("SELECT times FROM seen WHERE customer_id = $1")
+            .bind::<Text, _>(customer_id)
+            .get_result::<Times>(&mut conn)
+            .await
+            .ok()
+            .map(|row| row.times)
+    }
+
+    async fn wait_applied(&self, customer_id: &str) {
+        eventually(&format!("{customer_id} to be applied"), WAIT, || {
+            self.times(customer_id)
+        })
+        .await;
+    }
+
+    async fn unpublished(&self) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.pool.get().await.unwrap();
+        diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+            .get_result::<Count>(&mut conn)
+            .await
+            .unwrap()
+            .n
+    }
+
+    /// Publishes raw bytes as if a producer had, bypassing the outbox.
+    async fn publish_raw(&self, message_id: &str, payload: &[u8]) {
+        let channel = self.amqp.channel().await.unwrap();
+        channel
+            .basic_publish(
+                topology::exchange(&self.env.prefix, "customer").into(),
+                "customer.registered".into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default().with_message_id(message_id.into()),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn dead_letters(&self) -> u32 {
+        let channel = self.amqp.channel().await.unwrap();
+        channel
+            .queue_declare(
+                topology::dead_letter_queue(&self.env.prefix, "probe").into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn registered(customer_id: &str) -> CustomerRegistered {
+    CustomerRegistered {
+        customer_id: customer_id.into(),
+        name: "Probe".into(),
+        ..Default::default()
+    }
+}
+
+/// The probe's handler: counts applications; fails for `fail-*` IDs.
+fn record<'c>(
+    conn: &'c mut AsyncPgConnection,
+    event: Received<CustomerRegistered>,
+) -> HandlerFuture<'c> {
+    Box::pin(async move {
+        if event.event.customer_id.starts_with("fail-") {
+            return Err(HandlerError::Database(diesel::result::Error::NotFound));
+        }
+        diesel::sql_query(
+            "INSERT INTO seen VALUES ($1, 1) ON CONFLICT (customer_id) DO UPDATE SET times = seen.times + 1",
+        )
+        .bind::<Text, _>(&event.event.customer_id)
+        .execute(conn)
+        .await?;
+        Ok(())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_row_committed_late_with_smaller_id_is_still_published() {
+    let probe = Probe::new().await;
+    probe.start_consumer().await;
+    probe.start_relay().await;
+
+    let mut early = probe.conn().await;
+    let mut late = probe.conn().await;
+    early.batch_execute("BEGIN").await.unwrap();
+    probe.enqueue(&mut early, "smaller-id").await; // takes id 1, not committed yet
+    late.batch_execute("BEGIN").await.unwrap();
+    probe.enqueue(&mut late, "larger-id").await; // takes id 2
+    late.batch_execute("COMMIT").await.unwrap();
+
+    probe.wait_applied("larger-id").await;
+    assert_eq!(probe.times("smaller-id").await, None);
+    early.batch_execute("COMMIT").await.unwrap();
+    probe.wait_applied("smaller-id").await;
+    assert_eq!(probe.unpublished().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_stopped_between_publish_and_mark_republishes_and_the_duplicate_is_absorbed() {
+    let probe = Probe::new().await;
+    probe.start_consumer().await;
+    let relay = probe.start_relay().await;
+    let mut conn = probe.conn().await;
+    probe.enqueue(&mut conn, "once").await;
+    probe.wait_applied("once").await;
+    eventually("the row to be marked", WAIT, || async {
+        (probe.unpublished().await == 0).then_some(())
+    })
+    .await;
+
+    // The relay dies after the broker confirmed but before the mark
+    // committed: the row is published yet still unmarked.
+    relay.cancel();
+    conn.batch_execute("UPDATE outbox SET published_at = NULL")
+        .await
+        .unwrap();
+
+    probe.start_relay().await;
+    eventually("the row to be published again", WAIT, || async {
+        (probe.unpublished().await == 0).then_some(())
+    })
+    .await;
+    // The queue is FIFO and consumed in order: once a later event is applied,
+    // the redelivered one has been seen too.
+    probe.enqueue(&mut conn, "after").await;
+    probe.wait_applied("after").await;
+    assert_eq!(probe.times("once").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_message_delivered_twice_is_applied_once() {
+    let probe = Probe::new().await;
+    probe.start_consumer().await;
+    let payload = registered("twice").encode_to_vec();
+    let message_id = uuid::Uuid::now_v7().to_string();
+    probe.publish_raw(&message_id, &payload).await;
+    probe.publish_raw(&message_id, &payload).await;
+    probe
+        .publish_raw(
+            &uuid::Uuid::now_v7().to_string(),
+            &registered("marker").encode_to_vec(),
+        )
+        .await;
+
+    probe.wait_applied("marker").await;
+    assert_eq!(probe.times("twice").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_messages_are_dead_lettered_while_good_ones_flow() {
+    let probe = Probe::new().await;
+    probe.start_consumer().await;
+    probe
+        .publish_raw(&uuid::Uuid::now_v7().to_string(), b"\xff\xff not protobuf")
+        .await;
+    probe
+        .publish_raw("not-a-uuid", &registered("no-id").encode_to_vec())
+        .await;
+    probe
+        .publish_raw(
+            &uuid::Uuid::now_v7().to_string(),
+            &registered("fail-always").encode_to_vec(),
+        )
+        .await;
+    probe
+        .publish_raw(
+            &uuid::Uuid::now_v7().to_string(),
+            &registered("good").encode_to_vec(),
+        )
+        .await;
+
+    probe.wait_applied("good").await;
+    // Undecodable and unidentifiable: at once. Always failing: after the
+    // delivery limit (3) is spent.
+    eventually("three dead letters", WAIT, || async {
+        (probe.dead_letters().await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(probe.times("no-id").await, None);
+    assert_eq!(probe.times("fail-always").await, None);
+}
