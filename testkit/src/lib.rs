@@ -271,3 +271,30 @@ pub async fn admin_connection(database: &str) -> AsyncPgConnection {
         .await
         .unwrap()
 }
+
+/// The fields named in a status's `google.rpc.BadRequest` details, sorted.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    let mut fields: Vec<String> = status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+/// Asserts that `result` failed with INVALID_ARGUMENT naming exactly `fields`.
+#[track_caller]
+pub fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, fields: &[&str]) {
+    let status = result.expect_err("request should have been refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let mut expected: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+    expected.sort();
+    assert_eq!(violated_fields(&status), expected, "{status:?}");
+}

@@ -145,6 +145,57 @@ impl From<Violations> for ApiError {
     }
 }
 
+/// Parses an ID field: a UUID in its canonical text form.
+pub fn parse_id(text: &str) -> Result<uuid::Uuid, &'static str> {
+    if text.is_empty() {
+        return Err("is required");
+    }
+    uuid::Uuid::try_parse(text).map_err(|_| "must be a UUID")
+}
+
+/// Longest SKU.
+pub const MAX_SKU_LEN: usize = 64;
+
+/// Parses a SKU: 1 to 64 of `A-Z a-z 0-9 - _ .`, the format every service
+/// agrees on (see `inventory.v1.CreateProductRequest`).
+pub fn parse_sku(text: &str) -> Result<&str, String> {
+    if text.is_empty() {
+        Err("is required".into())
+    } else if text.len() > MAX_SKU_LEN {
+        Err(format!("must be at most {MAX_SKU_LEN} characters"))
+    } else if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        Err("may contain only A-Z, a-z, 0-9, '-', '_' and '.'".into())
+    } else {
+        Ok(text)
+    }
+}
+
+/// Checks a human-readable text field: not blank, at most `max_chars`
+/// characters, no control characters. Returns it trimmed.
+pub fn parse_text(text: &str, max_chars: usize) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        Err("must not be empty".into())
+    } else if trimmed.chars().count() > max_chars {
+        Err(format!("must be at most {max_chars} characters"))
+    } else if trimmed.chars().any(char::is_control) {
+        Err("must not contain control characters".into())
+    } else {
+        Ok(trimmed.to_owned())
+    }
+}
+
+/// A protobuf timestamp.
+pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// Page size when the request says 0.
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 /// Largest page size.
@@ -274,6 +325,22 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(fields, ["email", "name"]);
         assert!(status.message().contains("email: not an email address"));
+    }
+
+    #[test]
+    fn ids_must_be_uuids_and_texts_must_be_printable_and_bounded() {
+        assert_eq!(parse_id(""), Err("is required"));
+        assert_eq!(parse_id("42"), Err("must be a UUID"));
+        assert!(parse_id("0192f0c4-6c9b-7bde-b1d8-3c2a3f6e9a10").is_ok());
+        assert_eq!(parse_text("  Ada  ", 5).as_deref(), Ok("Ada"));
+        assert!(parse_text("   ", 5).is_err());
+        assert!(parse_text("Ada Lovelace", 5).is_err());
+        assert!(parse_text("Ada\u{0}", 5).is_err());
+        assert_eq!(parse_text("ééééé", 5).as_deref(), Ok("ééééé"));
+        assert_eq!(parse_sku("BOOK-1_a.2"), Ok("BOOK-1_a.2"));
+        for bad in ["", "a b", "ü", "a/b", &"x".repeat(65)] {
+            assert!(parse_sku(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

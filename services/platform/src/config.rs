@@ -55,7 +55,8 @@ pub struct Config<X: Args = NoExtra> {
     #[arg(long, env = "GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
 
-    /// This service's own database, as its own role.
+    /// This service's own database, as its own role
+    /// [default: postgres://<service>_svc:<service>_svc@127.0.0.1:5432/dbps].
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 

@@ -1,0 +1,2 @@
+DROP TABLE loyalty_ledger;
+DROP TABLE customers;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    platform::main(&customer_service::SERVICE, customer_service::startup::build)
+}

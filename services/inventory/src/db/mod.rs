@@ -1,0 +1,4 @@
+//! The `inventory` schema: diesel tables and queries.
+
+pub mod products;
+pub mod schema;

@@ -1,0 +1,26 @@
+//! The inventory service: owns the catalog and the stock (schema
+//! `inventory`, role `inventory_svc`).
+//!
+//! * [`api`]: `inventory.v1.InventoryService` over gRPC. Every change of a
+//!   product writes its full new state as a `product.changed` event in the same
+//!   transaction, so other services can keep replicas of the catalog.
+//! * [`domain`]: validated product fields and stock rules.
+//! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
+
+pub mod api;
+pub mod db;
+pub mod domain;
+pub mod startup;
+
+use diesel_migrations::embed_migrations;
+use platform::ServiceSpec;
+
+/// How the inventory service runs.
+pub static SERVICE: ServiceSpec = ServiceSpec {
+    name: "inventory",
+    binary: "inventory-service",
+    about: "The catalog and the stock, over gRPC",
+    schema: "inventory",
+    grpc_port: 50053,
+    migrations: embed_migrations!("migrations"),
+};
