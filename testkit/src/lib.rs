@@ -93,6 +93,47 @@ impl TestEnv {
         self.consumers.lock().unwrap().push(name);
     }
 
+    /// Publishes `event` as its service would (same exchange, routing key and
+    /// envelope essentials), bypassing any outbox; waits for the broker's
+    /// confirm. Returns its message ID.
+    pub async fn publish<E: dbps::Event>(&self, event: &E) -> uuid::Uuid {
+        use lapin::{BasicProperties, options::BasicPublishOptions, options::ConfirmSelectOptions};
+        let amqp = broker::Amqp::new(amqp_url(), "test-publisher");
+        let channel = amqp.channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        broker::topology::declare_exchange(&channel, &self.prefix, E::SOURCE)
+            .await
+            .unwrap();
+        let message_id = uuid::Uuid::now_v7();
+        let confirmation = channel
+            .basic_publish(
+                broker::topology::exchange(&self.prefix, E::SOURCE).into(),
+                E::TYPE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &prost::Message::encode_to_vec(event),
+                BasicProperties::default()
+                    .with_message_id(message_id.to_string().into())
+                    .with_type(E::TYPE.into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(
+            matches!(confirmation, lapin::Confirmation::Ack(None)),
+            "{} was not routed to any queue: {confirmation:?}",
+            E::TYPE
+        );
+        amqp.close().await;
+        message_id
+    }
+
     /// Superuser URL of `database`.
     pub fn admin_url_of(&self, database: &str) -> String {
         with_database(&admin_url(), None, database)

@@ -1,0 +1,242 @@
+//! `order.v1.OrderService`: validates at the edge, checks and prices against
+//! the local replicas, writes order and event in one transaction.
+
+use broker::{Outbox, TraceContext, pg::PgPool};
+use chrono::{SubsecRound, Utc};
+use dbps::order::v1::{
+    GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderCreated, OrderLine,
+    PlaceOrderRequest, order_service_server::OrderService,
+};
+use diesel::result::Error as DieselError;
+use diesel_async::{AsyncConnection, pooled_connection::bb8::RunError};
+use platform::{
+    ApiError, Violations,
+    api::{Page, parse_id, timestamp, trace_context},
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    db::{
+        orders::{self, LineRow, Order as Stored, OrderRow},
+        replicas,
+    },
+    domain::{self, OrderStatus, PlaceOrder},
+};
+
+/// The gRPC API of the order service.
+#[derive(Clone)]
+pub struct OrderApi {
+    pool: PgPool,
+    outbox: Outbox,
+}
+
+/// Why an order was not placed.
+#[derive(Debug, thiserror::Error)]
+enum PlaceError {
+    #[error(transparent)]
+    Database(#[from] DieselError),
+    #[error(transparent)]
+    Pool(#[from] RunError),
+    #[error("unknown customer {0}: the order service has not heard of it")]
+    UnknownCustomer(Uuid),
+    #[error("unknown sku: {}", .0.join(", "))]
+    UnknownSkus(Vec<String>),
+    #[error("idempotency key was already used for a different order")]
+    KeyReused,
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(error: PlaceError) -> Self {
+        match error {
+            PlaceError::Database(error) => error.into(),
+            PlaceError::Pool(error) => error.into(),
+            PlaceError::KeyReused => ApiError::invalid("idempotency_key", error.to_string()),
+            PlaceError::UnknownCustomer(_) | PlaceError::UnknownSkus(_) => {
+                ApiError::FailedPrecondition(error.to_string())
+            }
+        }
+    }
+}
+
+impl OrderApi {
+    /// An API over the service's pool and outbox.
+    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
+        OrderApi { pool, outbox }
+    }
+
+    async fn place(
+        &self,
+        request: &PlaceOrder,
+        trace: &TraceContext,
+    ) -> Result<Stored, PlaceError> {
+        let mut conn = self.pool.get().await?;
+        conn.transaction::<_, PlaceError, _>(async |conn| {
+            if let Some(key) = &request.idempotency_key
+                && let Some(existing) = orders::find_by_key(conn, request.customer_id, key).await?
+            {
+                return same_order(existing, request);
+            }
+            if !replicas::customer_exists(conn, request.customer_id).await? {
+                return Err(PlaceError::UnknownCustomer(request.customer_id));
+            }
+            let skus: Vec<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
+            let prices = replicas::prices(conn, &skus).await?;
+            let (lines, total_cents) =
+                domain::price(&request.lines, &prices).map_err(PlaceError::UnknownSkus)?;
+
+            // Postgres keeps microseconds: answer with what is stored.
+            let now = Utc::now().trunc_subsecs(6);
+            let order = OrderRow {
+                order_id: Uuid::now_v7(),
+                customer_id: request.customer_id,
+                status: OrderStatus::Pending.as_str().to_owned(),
+                status_reason: String::new(),
+                total_cents,
+                idempotency_key: request.idempotency_key.clone(),
+                created_at: now,
+                updated_at: now,
+            };
+            if !orders::insert(conn, &order, &lines).await? {
+                // A concurrent request with the same key committed first.
+                let key = request.idempotency_key.as_deref().unwrap_or_default();
+                let existing = orders::find_by_key(conn, request.customer_id, key).await?;
+                return existing
+                    .ok_or(PlaceError::KeyReused)
+                    .and_then(|existing| same_order(existing, request));
+            }
+            let stored = Stored {
+                lines: lines
+                    .iter()
+                    .zip(0..)
+                    .map(|(line, line_no)| LineRow {
+                        order_id: order.order_id,
+                        line_no,
+                        sku: line.sku.clone(),
+                        quantity: line.quantity,
+                        unit_price_cents: line.unit_price_cents,
+                    })
+                    .collect(),
+                order,
+            };
+            self.outbox.enqueue(conn, &created(&stored), trace).await?;
+            Ok(stored)
+        })
+        .await
+    }
+}
+
+/// The order stored under an idempotency key, if the retried request asks for
+/// the same thing.
+fn same_order(existing: Stored, request: &PlaceOrder) -> Result<Stored, PlaceError> {
+    let same = existing.lines.len() == request.lines.len()
+        && existing
+            .lines
+            .iter()
+            .zip(&request.lines)
+            .all(|(stored, asked)| stored.sku == asked.sku && stored.quantity == asked.quantity);
+    if same {
+        Ok(existing)
+    } else {
+        Err(PlaceError::KeyReused)
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id, order_id))]
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let trace = trace_context(&request);
+        let order = PlaceOrder::parse(request.get_ref()).map_err(ApiError::from)?;
+        let stored = self.place(&order, &trace).await.map_err(ApiError::from)?;
+        tracing::Span::current().record("order_id", tracing::field::display(stored.order.order_id));
+        tracing::info!(total_cents = stored.order.total_cents, "order placed");
+        Ok(Response::new(to_proto(stored)))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let order_id = parse_id(&request.get_ref().order_id)
+            .map_err(|error| ApiError::invalid("order_id", error))?;
+        let mut conn = self.pool.get().await.map_err(ApiError::from)?;
+        let stored = orders::find(&mut conn, order_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))?;
+        Ok(Response::new(to_proto(stored)))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let customer_id = match request.customer_id.as_str() {
+            "" => None,
+            id => violations.check("customer_id", parse_id(id)),
+        };
+        let page = Page::parse(&mut violations, request.page_size, &request.page_token);
+        let before = page
+            .as_ref()
+            .and_then(|page| page.after.as_deref())
+            .and_then(|key| violations.check("page_token", parse_id(key)));
+        let Some(page) = page.filter(|_| violations.is_empty()) else {
+            return Err(ApiError::from(violations).into());
+        };
+        let mut conn = self.pool.get().await.map_err(ApiError::from)?;
+        let mut rows = orders::page(&mut conn, customer_id, before, page.size + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = page.finish(&mut rows, |stored| stored.order.order_id.to_string());
+        Ok(Response::new(ListOrdersResponse {
+            orders: rows.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+fn proto_lines(lines: &[LineRow]) -> Vec<OrderLine> {
+    lines
+        .iter()
+        .map(|line| OrderLine {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents: line.unit_price_cents,
+        })
+        .collect()
+}
+
+/// The `order.created` event: the whole order as accepted.
+fn created(stored: &Stored) -> OrderCreated {
+    OrderCreated {
+        order_id: stored.order.order_id.to_string(),
+        customer_id: stored.order.customer_id.to_string(),
+        lines: proto_lines(&stored.lines),
+        total_cents: stored.order.total_cents,
+        created_at: Some(timestamp(stored.order.created_at)),
+    }
+}
+
+/// The API view of a stored order.
+pub fn to_proto(stored: Stored) -> Order {
+    let status = OrderStatus::parse(&stored.order.status)
+        .map(OrderStatus::to_proto)
+        .unwrap_or_default();
+    Order {
+        order_id: stored.order.order_id.to_string(),
+        customer_id: stored.order.customer_id.to_string(),
+        lines: proto_lines(&stored.lines),
+        total_cents: stored.order.total_cents,
+        status: status.into(),
+        status_reason: stored.order.status_reason,
+        created_at: Some(timestamp(stored.order.created_at)),
+        updated_at: Some(timestamp(stored.order.updated_at)),
+    }
+}

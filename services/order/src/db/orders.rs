@@ -1,0 +1,158 @@
+//! Queries on `orders` and `order_lines`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::schema::{order_lines, orders};
+use crate::domain::PricedLine;
+
+/// An order row.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub status: String,
+    pub status_reason: String,
+    pub total_cents: i64,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A line row.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_lines)]
+pub struct LineRow {
+    pub order_id: Uuid,
+    pub line_no: i32,
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+/// An order with its lines in line order.
+#[derive(Clone, Debug)]
+pub struct Order {
+    pub order: OrderRow,
+    pub lines: Vec<LineRow>,
+}
+
+/// Inserts an order unless the customer already used its idempotency key;
+/// false then (nothing written).
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    order: &OrderRow,
+    lines: &[PricedLine],
+) -> QueryResult<bool> {
+    let inserted = diesel::insert_into(orders::table)
+        .values(order)
+        .on_conflict((orders::customer_id, orders::idempotency_key))
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let rows: Vec<LineRow> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| LineRow {
+            order_id: order.order_id,
+            line_no: i32::try_from(i).unwrap_or(i32::MAX),
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price_cents: line.unit_price_cents,
+        })
+        .collect();
+    diesel::insert_into(order_lines::table)
+        .values(&rows)
+        .execute(conn)
+        .await?;
+    Ok(true)
+}
+
+/// The order a customer placed with `key`, if any.
+pub async fn find_by_key(
+    conn: &mut AsyncPgConnection,
+    customer_id: Uuid,
+    key: &str,
+) -> QueryResult<Option<Order>> {
+    let row = orders::table
+        .filter(orders::customer_id.eq(customer_id))
+        .filter(orders::idempotency_key.eq(key))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    with_lines_one(conn, row).await
+}
+
+/// One order, if it exists.
+pub async fn find(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<Order>> {
+    let row = orders::table
+        .find(order_id)
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    with_lines_one(conn, row).await
+}
+
+/// Up to `limit` orders before `before`, newest first, optionally of one customer.
+pub async fn page(
+    conn: &mut AsyncPgConnection,
+    customer_id: Option<Uuid>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Vec<Order>> {
+    let mut query = orders::table
+        .select(OrderRow::as_select())
+        .order(orders::order_id.desc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(customer_id) = customer_id {
+        query = query.filter(orders::customer_id.eq(customer_id));
+    }
+    if let Some(before) = before {
+        query = query.filter(orders::order_id.lt(before));
+    }
+    let rows = query.load(conn).await?;
+    with_lines(conn, rows).await
+}
+
+async fn with_lines_one(
+    conn: &mut AsyncPgConnection,
+    row: Option<OrderRow>,
+) -> QueryResult<Option<Order>> {
+    Ok(match row {
+        Some(row) => with_lines(conn, vec![row]).await?.pop(),
+        None => None,
+    })
+}
+
+/// Loads the lines of `rows` in one query.
+async fn with_lines(conn: &mut AsyncPgConnection, rows: Vec<OrderRow>) -> QueryResult<Vec<Order>> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.order_id).collect();
+    let lines: Vec<LineRow> = order_lines::table
+        .filter(order_lines::order_id.eq_any(&ids))
+        .order((order_lines::order_id, order_lines::line_no))
+        .select(LineRow::as_select())
+        .load(conn)
+        .await?;
+    let mut by_order: HashMap<Uuid, Vec<LineRow>> = HashMap::new();
+    for line in lines {
+        by_order.entry(line.order_id).or_default().push(line);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|order| {
+            let lines = by_order.remove(&order.order_id).unwrap_or_default();
+            Order { order, lines }
+        })
+        .collect())
+}

@@ -1,0 +1,29 @@
+//! The order service: owns orders (schema `orders`, role `order_svc`).
+//!
+//! * [`api`]: `order.v1.OrderService` over gRPC. `PlaceOrder` checks the
+//!   customer and prices the lines against this service's own replicas, then
+//!   writes the order (PENDING), its lines and `order.created` in one
+//!   transaction.
+//! * [`events`]: keeps the replicas (`known_customers`, `catalog`) from
+//!   `customer.registered` and `product.changed`.
+//! * [`domain`]: validated requests, order status, pricing.
+//! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
+
+pub mod api;
+pub mod db;
+pub mod domain;
+pub mod events;
+pub mod startup;
+
+use diesel_migrations::embed_migrations;
+use platform::ServiceSpec;
+
+/// How the order service runs.
+pub static SERVICE: ServiceSpec = ServiceSpec {
+    name: "order",
+    binary: "order-service",
+    about: "Orders, priced against local replicas of customers and the catalog, over gRPC",
+    schema: "orders",
+    grpc_port: 50051,
+    migrations: embed_migrations!("migrations"),
+};

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    platform::main(&order_service::SERVICE, order_service::startup::build)
+}
