@@ -201,14 +201,8 @@ impl App {
 
         let (reporter, health) = tonic_health::server::health_reporter();
         set_status(&reporter, &names, ServingStatus::NotServing).await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(dbps::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(dbps::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection(&names).build_v1()?;
+        let reflection_alpha = reflection(&names).build_v1alpha()?;
 
         let mut workers = JoinSet::new();
         let mut readiness = Vec::new();
@@ -258,7 +252,7 @@ impl App {
         let mut routes = routes.routes();
         routes = routes
             .add_service(health)
-            .add_service(reflection)
+            .add_service(reflection_v1)
             .add_service(reflection_alpha);
         let stopping = {
             let shutdown = shutdown.clone();
@@ -296,6 +290,20 @@ impl App {
         tracing::info!(service = spec.name, "stopped");
         Ok(())
     }
+}
+
+/// Reflection that lists this service's APIs and health (not every contract in
+/// the descriptor set) and can describe error details (`google.rpc.BadRequest`).
+fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dbps::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for name in names {
+        builder = builder.with_service_name(*name);
+    }
+    builder
 }
 
 async fn set_status(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
