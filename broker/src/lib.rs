@@ -37,7 +37,7 @@ mod schema;
 pub mod topology;
 
 pub use amqp::Amqp;
-pub use consumer::{Consumer, ConsumerConfig, HandlerError, Received};
+pub use consumer::{Consumer, ConsumerConfig, HandlerError, Received, ReplayStats};
 pub use envelope::TraceContext;
 pub use error::BrokerError;
 pub use outbox::Outbox;

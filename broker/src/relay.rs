@@ -10,7 +10,8 @@
 //! marks exactly the rows the broker confirmed and routed. A full batch starts
 //! the next round at once; otherwise the relay sleeps until a NOTIFY from a
 //! committing writer or the fallback poll. Rows that were nacked or returned
-//! unroutable stay unpublished and are retried after a backoff.
+//! unroutable stay unpublished and are retried, each after its own backoff
+//! (1 s doubling to 1 min), so they never hold up the rows behind them.
 //!
 //! A relay that dies between publish and mark publishes those rows again on
 //! the next round: delivery is at least once, and consumers deduplicate.
@@ -22,7 +23,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    ExpressionMethods, QueryDsl, QueryableByName, Selectable, SelectableHelper,
+    BoolExpressionMethods, ExpressionMethods, QueryDsl, QueryableByName, Selectable,
+    SelectableHelper,
     sql_types::{Bool, Text},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -175,7 +177,6 @@ impl Relay {
             .await?;
         *attempt = 0;
 
-        let mut failed_rounds = 0;
         let mut last_housekeeping: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
@@ -186,20 +187,6 @@ impl Relay {
                 self.housekeeping(&mut conn).await?;
                 last_housekeeping = Some(Instant::now());
             }
-            if round.published < round.fetched {
-                let delay = backoff_delay(failed_rounds, Duration::from_secs(5));
-                failed_rounds = failed_rounds.saturating_add(1);
-                tracing::warn!(
-                    unconfirmed = round.fetched - round.published,
-                    retry_in = ?delay,
-                    "some events were not confirmed or had no queue to go to; they stay in the outbox"
-                );
-                if !sleep_or_shutdown(delay, shutdown).await {
-                    return Ok(());
-                }
-                continue;
-            }
-            failed_rounds = 0;
             if round.fetched as i64 == config.batch_size {
                 continue;
             }
@@ -216,6 +203,11 @@ impl Relay {
     ) -> Result<Round, BrokerError> {
         let rows: Vec<Row> = outbox::table
             .filter(outbox::published_at.is_null())
+            .filter(
+                outbox::next_attempt_at
+                    .is_null()
+                    .or(outbox::next_attempt_at.le(diesel::dsl::now)),
+            )
             .order(outbox::id)
             .limit(self.config.batch_size)
             .select(Row::as_select())
@@ -251,22 +243,40 @@ impl Relay {
         }
 
         let mut confirmed = Vec::with_capacity(rows.len());
+        let mut failed = Vec::new();
         for (row, confirmation) in rows.iter().zip(join_all(confirms).await) {
             match confirmation? {
                 Confirmation::Ack(None) => confirmed.push(row.id),
-                Confirmation::Ack(Some(returned)) => tracing::warn!(
-                    event_id = %row.event_id,
-                    event_type = %row.event_type,
-                    reply = %returned.reply_text,
-                    "event returned unroutable: no queue is bound for it yet"
-                ),
+                Confirmation::Ack(Some(returned)) => {
+                    tracing::warn!(
+                        event_id = %row.event_id,
+                        event_type = %row.event_type,
+                        reply = %returned.reply_text,
+                        "event returned unroutable: no queue is bound for it yet; it will be retried"
+                    );
+                    failed.push(row.id);
+                }
                 Confirmation::Nack(_) => {
-                    tracing::warn!(event_id = %row.event_id, "broker refused the event")
+                    tracing::warn!(event_id = %row.event_id, "broker refused the event; it will be retried");
+                    failed.push(row.id);
                 }
                 Confirmation::NotRequested => {
-                    tracing::error!("publisher confirms are off; not marking")
+                    tracing::error!("publisher confirms are off; not marking");
+                    failed.push(row.id);
                 }
             }
+        }
+        if !failed.is_empty() {
+            // Each failed event waits on its own doubling backoff (1 s to 1 min)
+            // and never holds up the events behind it.
+            diesel::sql_query(
+                "UPDATE outbox SET attempts = attempts + 1,
+                   next_attempt_at = now() + least(interval '1 second' * power(2, attempts), interval '1 minute')
+                 WHERE id = ANY($1)",
+            )
+            .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&failed)
+            .execute(conn)
+            .await?;
         }
         if !confirmed.is_empty() {
             diesel::update(outbox::table.filter(outbox::id.eq_any(&confirmed)))

@@ -12,6 +12,8 @@ diesel::table! {
         headers -> Jsonb,
         created_at -> Timestamptz,
         published_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        next_attempt_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -6,6 +6,8 @@
 //! * `<prefix>.<consumer>.dlx` / `<prefix>.<consumer>.dlq`: where that consumer's
 //!   rejected or over-delivered messages go (fanout exchange, quorum queue),
 //!   dead-lettered at least once.
+//! * `<prefix>.<consumer>.log`: optionally, a stream keeping every event the
+//!   consumer handles, for replay.
 //!
 //! Declarations are idempotent, so every process declares what it uses on every
 //! (re)connect and start order does not matter.
@@ -39,6 +41,48 @@ pub fn dead_letter_exchange(prefix: &str, consumer: &str) -> String {
 /// The dead-letter queue of `consumer`.
 pub fn dead_letter_queue(prefix: &str, consumer: &str) -> String {
     format!("{prefix}.{consumer}.dlq")
+}
+
+/// The event log of `consumer`: a stream of every event it handles, kept
+/// for replay (e.g. rebuilding a read model).
+pub fn event_log(prefix: &str, consumer: &str) -> String {
+    format!("{prefix}.{consumer}.log")
+}
+
+/// Declares `consumer`'s event log (a RabbitMQ stream, entries older than
+/// `max_age` dropped if given, e.g. `"30D"`) and binds it to `source`'s
+/// `routing_keys`, so that from now on it keeps every such event.
+pub async fn declare_event_log(
+    channel: &Channel,
+    prefix: &str,
+    consumer: &str,
+    source: &str,
+    routing_keys: &[&str],
+    max_age: Option<&str>,
+) -> Result<String, BrokerError> {
+    declare_exchange(channel, prefix, source).await?;
+    let name = event_log(prefix, consumer);
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    if let Some(max_age) = max_age {
+        args.insert("x-max-age".into(), AMQPValue::LongString(max_age.into()));
+    }
+    declare_durable(channel, &name, args).await?;
+    for key in routing_keys {
+        channel
+            .queue_bind(
+                name.clone().into(),
+                exchange(prefix, source).into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(name)
 }
 
 /// Declares `source`'s durable topic exchange.
@@ -86,7 +130,7 @@ pub async fn declare_queue(
         )
         .await?;
     let dlq = dead_letter_queue(prefix, consumer);
-    declare_quorum(channel, &dlq, quorum_args()).await?;
+    declare_durable(channel, &dlq, quorum_args()).await?;
     channel
         .queue_bind(
             dlq.into(),
@@ -116,7 +160,7 @@ pub async fn declare_queue(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(i64::from(delivery_limit)),
     );
-    declare_quorum(channel, &name, args).await?;
+    declare_durable(channel, &name, args).await?;
     for key in routing_keys {
         channel
             .queue_bind(
@@ -140,7 +184,7 @@ fn quorum_args() -> FieldTable {
     args
 }
 
-async fn declare_quorum(
+async fn declare_durable(
     channel: &Channel,
     name: &str,
     args: FieldTable,

@@ -17,6 +17,8 @@
 //!    database itself is unreachable the batch is retried as a whole, without
 //!    spending the messages' delivery attempts.
 
+mod apply;
+mod replay;
 mod runtime;
 
 use std::{collections::BTreeMap, marker::PhantomData, sync::Arc, time::Duration};
@@ -94,6 +96,24 @@ pub struct Consumer {
     name: String,
     /// source service → routing key → route
     routes: BTreeMap<&'static str, BTreeMap<&'static str, Arc<dyn Route>>>,
+    event_log: Option<EventLog>,
+}
+
+/// Keep an event log (see [`Consumer::with_event_log`]).
+#[derive(Clone, Debug)]
+pub(crate) struct EventLog {
+    pub(crate) max_age: Option<String>,
+}
+
+/// What a replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Events applied.
+    pub applied: u64,
+    /// Events already applied (skipped by the inbox).
+    pub duplicates: u64,
+    /// Events that could not be applied (undecodable, rejected, failing).
+    pub failed: u64,
 }
 
 impl Consumer {
@@ -103,6 +123,7 @@ impl Consumer {
         Consumer {
             name: name.into(),
             routes: BTreeMap::new(),
+            event_log: None,
         }
     }
 
@@ -136,6 +157,16 @@ impl Consumer {
         self
     }
 
+    /// Also keeps every event this consumer handles in its event log, the
+    /// stream `<prefix>.<name>.log` (entries older than `max_age`, e.g.
+    /// `"30D"`, are dropped; `None` keeps all), so that [`Consumer::replay`]
+    /// can apply them all again. The log is declared and bound when the
+    /// consumer starts; it holds the events published from then on.
+    pub fn with_event_log(mut self, max_age: Option<String>) -> Self {
+        self.event_log = Some(EventLog { max_age });
+        self
+    }
+
     /// The consumer's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -166,10 +197,13 @@ impl Consumer {
             let worker = runtime::QueueWorker {
                 consumer: name.clone(),
                 source,
-                routes,
+                applier: apply::Applier {
+                    routes,
+                    pool: pool.clone(),
+                },
                 amqp: amqp.clone(),
-                pool: pool.clone(),
                 config: config.clone(),
+                event_log: self.event_log.clone(),
             };
             workers.push(tokio::spawn(worker.run(shutdown.clone(), queue_ready)));
         }

@@ -1,10 +1,8 @@
 //! The loop behind one queue: consume, batch, apply, ack.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
-use diesel::ExpressionMethods;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
@@ -15,64 +13,23 @@ use lapin::{
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use super::{ConsumerConfig, HandlerError, Job, Meta, Route};
+use super::{
+    ConsumerConfig, EventLog,
+    apply::{Applier, Outcome, Work},
+};
 use crate::{
-    Amqp, BrokerError, TraceContext, backoff_delay,
-    envelope::{TRACEPARENT, delivery_count, header_str},
-    pg::{self, PgPool},
-    schema::inbox,
-    sleep_or_shutdown, topology,
+    Amqp, BrokerError, backoff_delay, envelope::delivery_count, sleep_or_shutdown, topology,
 };
 
 /// Consumes one `<prefix>.<consumer>.<source>` queue.
 pub(super) struct QueueWorker {
     pub(super) consumer: Arc<str>,
     pub(super) source: &'static str,
-    pub(super) routes: BTreeMap<&'static str, Arc<dyn Route>>,
+    pub(super) applier: Applier,
     pub(super) amqp: Amqp,
-    pub(super) pool: PgPool,
     pub(super) config: ConsumerConfig,
-}
-
-/// A delivery that decoded, ready to apply.
-struct Work {
-    delivery: Delivery,
-    decoded: Decoded,
-}
-
-struct Decoded {
-    event_id: Uuid,
-    occurred_at: Option<DateTime<Utc>>,
-    job: Box<dyn Job>,
-}
-
-/// What became of one delivery in a batch.
-#[derive(Clone, Debug)]
-enum Outcome {
-    Applied,
-    Duplicate,
-    Rejected(String),
-    Failed(String),
-}
-
-/// Why a batch transaction was abandoned.
-enum Abort {
-    /// The database is unreachable: retry the whole batch later.
-    Unavailable(diesel::result::Error),
-    /// Any other failure of the transaction itself (e.g. at commit).
-    Database(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for Abort {
-    fn from(error: diesel::result::Error) -> Self {
-        if pg::is_connection_error(&error) {
-            Abort::Unavailable(error)
-        } else {
-            Abort::Database(error)
-        }
-    }
+    pub(super) event_log: Option<EventLog>,
 }
 
 impl QueueWorker {
@@ -102,7 +59,7 @@ impl QueueWorker {
     ) -> Result<(), BrokerError> {
         let config = &self.config;
         let channel = self.amqp.channel().await?;
-        let keys: Vec<&str> = self.routes.keys().copied().collect();
+        let keys: Vec<&str> = self.applier.routes.keys().copied().collect();
         let queue = topology::declare_queue(
             &channel,
             &config.prefix,
@@ -112,6 +69,17 @@ impl QueueWorker {
             config.delivery_limit,
         )
         .await?;
+        if let Some(log) = &self.event_log {
+            topology::declare_event_log(
+                &channel,
+                &config.prefix,
+                &self.consumer,
+                self.source,
+                &keys,
+                log.max_age.as_deref(),
+            )
+            .await?;
+        }
         channel
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await?;
@@ -170,7 +138,7 @@ impl QueueWorker {
     ) -> Result<(), BrokerError> {
         let mut work = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match self.decode(&delivery) {
+            match self.applier.decode(&delivery) {
                 Ok(decoded) => work.push(Work { delivery, decoded }),
                 Err(reason) => {
                     tracing::error!(
@@ -190,7 +158,7 @@ impl QueueWorker {
             return Ok(());
         }
 
-        let Some(outcomes) = self.apply_until_done(&work, shutdown).await else {
+        let Some(outcomes) = self.applier.apply_until_done(&work, shutdown).await else {
             // Shutting down while the database is away: the deliveries return
             // to the queue when the channel closes.
             return Ok(());
@@ -242,113 +210,5 @@ impl QueueWorker {
             }
         }
         Ok(())
-    }
-
-    fn decode(&self, delivery: &Delivery) -> Result<Decoded, String> {
-        let key = delivery.routing_key.as_str();
-        let route = self
-            .routes
-            .get(key)
-            .ok_or_else(|| format!("no handler for `{key}`"))?;
-        let properties = &delivery.properties;
-        let event_id = properties
-            .message_id()
-            .as_ref()
-            .and_then(|id| Uuid::parse_str(id.as_str()).ok())
-            .ok_or("missing or non-UUID message_id")?;
-        let occurred_at = header_str(properties, "ce-time")
-            .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
-            .map(|time| time.with_timezone(&Utc));
-        let trace = TraceContext::continue_or_start(header_str(properties, TRACEPARENT));
-        let job = route
-            .decode(
-                &delivery.data,
-                Meta {
-                    event_id,
-                    occurred_at,
-                    trace,
-                },
-            )
-            .map_err(|error| format!("undecodable payload: {error}"))?;
-        Ok(Decoded {
-            event_id,
-            occurred_at,
-            job,
-        })
-    }
-
-    /// Applies the batch, waiting out database outages; `None` on shutdown.
-    async fn apply_until_done(
-        &self,
-        work: &[Work],
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<Outcome>> {
-        let mut attempt = 0;
-        loop {
-            match self.apply(work).await {
-                Ok(outcomes) => return Some(outcomes),
-                Err(error) => {
-                    let delay = backoff_delay(attempt, Duration::from_secs(5));
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(%error, retry_in = ?delay, "database unavailable; batch waits");
-                    if !sleep_or_shutdown(delay, shutdown).await {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// One transaction: per delivery a savepoint with the inbox insert and the
-    /// handler. Errs only when the database is unreachable.
-    async fn apply(&self, work: &[Work]) -> Result<Vec<Outcome>, BrokerError> {
-        let mut conn = self.pool.get().await?;
-        let result = conn
-            .transaction::<_, Abort, _>(async |conn| {
-                let mut outcomes = Vec::with_capacity(work.len());
-                for item in work {
-                    // A savepoint: a failing handler undoes only its own writes.
-                    let applied = conn
-                        .transaction::<_, HandlerError, _>(async |conn| {
-                            let fresh = diesel::insert_into(inbox::table)
-                                .values((
-                                    inbox::message_id.eq(item.decoded.event_id),
-                                    inbox::event_type.eq(item.delivery.routing_key.as_str()),
-                                ))
-                                .on_conflict_do_nothing()
-                                .execute(conn)
-                                .await?
-                                == 1;
-                            if fresh {
-                                item.decoded.job.run(conn).await?;
-                            }
-                            Ok(fresh)
-                        })
-                        .await;
-                    outcomes.push(match applied {
-                        Ok(true) => Outcome::Applied,
-                        Ok(false) => Outcome::Duplicate,
-                        Err(HandlerError::Reject(reason)) => Outcome::Rejected(reason),
-                        Err(HandlerError::Database(error)) if pg::is_connection_error(&error) => {
-                            return Err(Abort::Unavailable(error));
-                        }
-                        Err(error @ HandlerError::Database(_)) => {
-                            Outcome::Failed(error.to_string())
-                        }
-                    });
-                }
-                Ok(outcomes)
-            })
-            .await;
-        match result {
-            Ok(outcomes) => Ok(outcomes),
-            Err(Abort::Unavailable(error)) => Err(error.into()),
-            Err(Abort::Database(error)) => {
-                Ok(vec![
-                    Outcome::Failed(format!("transaction failed: {error}"));
-                    work.len()
-                ])
-            }
-        }
     }
 }

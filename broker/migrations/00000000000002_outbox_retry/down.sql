@@ -1,0 +1,2 @@
+ALTER TABLE outbox DROP COLUMN next_attempt_at;
+ALTER TABLE outbox DROP COLUMN attempts;
