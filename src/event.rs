@@ -42,4 +42,7 @@ events! {
     inventory::v1::StockRejected => "inventory", "stock.rejected", "inventory.v1.StockRejected", "order", order_id;
     inventory::v1::StockReleased => "inventory", "stock.released", "inventory.v1.StockReleased", "order", order_id;
     order::v1::OrderCreated => "order", "order.created", "order.v1.OrderCreated", "order", order_id;
+    order::v1::OrderApproved => "order", "order.approved", "order.v1.OrderApproved", "order", order_id;
+    order::v1::OrderRejected => "order", "order.rejected", "order.v1.OrderRejected", "order", order_id;
+    order::v1::OrderCancelled => "order", "order.cancelled", "order.v1.OrderCancelled", "order", order_id;
 }

@@ -1,6 +1,6 @@
 //! The contracts of the system, generated from `proto/` and nothing else.
 //!
-//! * `customer::v1`, `inventory::v1`, `order::v1`: each service's gRPC API
+//! * `customer::v1`, `inventory::v1`, `order::v1`, `reporting::v1`: each service's gRPC API
 //!   (`<service>.proto`) and the events it publishes (`events.proto`), with
 //!   tonic clients and servers.
 //! * [`Event`]: how each event message travels on the broker (which exchange,
@@ -38,5 +38,13 @@ pub mod order {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("order.v1");
+    }
+}
+
+/// Reporting service contracts.
+pub mod reporting {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("reporting.v1");
     }
 }

@@ -97,6 +97,26 @@ impl TestEnv {
     /// envelope essentials), bypassing any outbox; waits for the broker's
     /// confirm. Returns its message ID.
     pub async fn publish<E: dbps::Event>(&self, event: &E) -> uuid::Uuid {
+        let message_id = uuid::Uuid::now_v7();
+        self.publish_bytes(
+            E::SOURCE,
+            E::TYPE,
+            message_id,
+            &prost::Message::encode_to_vec(event),
+        )
+        .await;
+        message_id
+    }
+
+    /// Publishes a payload to `source`'s exchange under `routing_key` with
+    /// `message_id`, and waits for the broker to confirm it reached a queue.
+    pub async fn publish_bytes(
+        &self,
+        source: &str,
+        routing_key: &str,
+        message_id: uuid::Uuid,
+        payload: &[u8],
+    ) {
         use lapin::{BasicProperties, options::BasicPublishOptions, options::ConfirmSelectOptions};
         let amqp = broker::Amqp::new(amqp_url(), "test-publisher");
         let channel = amqp.channel().await.unwrap();
@@ -104,22 +124,21 @@ impl TestEnv {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        broker::topology::declare_exchange(&channel, &self.prefix, E::SOURCE)
+        broker::topology::declare_exchange(&channel, &self.prefix, source)
             .await
             .unwrap();
-        let message_id = uuid::Uuid::now_v7();
         let confirmation = channel
             .basic_publish(
-                broker::topology::exchange(&self.prefix, E::SOURCE).into(),
-                E::TYPE.into(),
+                broker::topology::exchange(&self.prefix, source).into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
                 },
-                &prost::Message::encode_to_vec(event),
+                payload,
                 BasicProperties::default()
                     .with_message_id(message_id.to_string().into())
-                    .with_type(E::TYPE.into()),
+                    .with_type(routing_key.into()),
             )
             .await
             .unwrap()
@@ -127,11 +146,9 @@ impl TestEnv {
             .unwrap();
         assert!(
             matches!(confirmation, lapin::Confirmation::Ack(None)),
-            "{} was not routed to any queue: {confirmation:?}",
-            E::TYPE
+            "{routing_key} was not routed to any queue: {confirmation:?}"
         );
         amqp.close().await;
-        message_id
     }
 
     /// Superuser URL of `database`.
@@ -153,6 +170,21 @@ impl TestEnv {
 
     /// Like [`TestEnv::config`] in `database`, with extra flags.
     pub fn config_in(&self, spec: &ServiceSpec, database: &str, extra: &[&str]) -> Config<NoExtra> {
+        self.config_for(spec, database, extra)
+    }
+
+    /// Like [`TestEnv::config_in`] for a service with settings or commands of
+    /// its own.
+    pub fn config_for<X, S>(
+        &self,
+        spec: &ServiceSpec,
+        database: &str,
+        extra: &[&str],
+    ) -> Config<X, S>
+    where
+        X: clap::Args + clap::FromArgMatches,
+        S: clap::Subcommand + clap::FromArgMatches,
+    {
         let database_url = self.url_as(&spec.role(), database);
         let admin = admin_url();
         let amqp = amqp_url();
@@ -176,14 +208,16 @@ impl TestEnv {
     }
 
     /// Starts a service from `config` in-process and waits until it is SERVING.
-    pub async fn spawn<F, Fut>(
+    pub async fn spawn<X, S, F, Fut>(
         &self,
         spec: &'static ServiceSpec,
-        config: Config<NoExtra>,
+        config: Config<X, S>,
         build: F,
     ) -> Running
     where
-        F: FnOnce(Infra, Config<NoExtra>) -> Fut,
+        X: clap::Args,
+        S: clap::Subcommand,
+        F: FnOnce(Infra, Config<X, S>) -> Fut,
         Fut: Future<Output = anyhow::Result<App>>,
     {
         let infra = Infra::connect(spec, &config)

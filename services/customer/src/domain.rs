@@ -61,6 +61,74 @@ pub fn points_for(total_cents: i64) -> i64 {
     total_cents.max(0) / 10
 }
 
+/// What happened to an order, as far as its points go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointsEvent {
+    /// `order.created`: credit this many points.
+    Credit(i64),
+    /// `order.rejected` / `order.cancelled`: take the credit back.
+    Reverse,
+}
+
+/// A ledger entry: points credited for one order and whether they were
+/// taken back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    pub credited: i64,
+    pub reversed: bool,
+}
+
+/// The order's new ledger entry and how much the balance moves, given its
+/// entry so far (`None`: never seen). Exactly once and order-independent:
+/// a replay changes nothing, a reversal before its credit makes the credit a
+/// no-op, and a reversal never takes back more than was credited.
+pub fn apply_points(entry: Option<Ledger>, event: PointsEvent) -> Option<(Ledger, i64)> {
+    match (entry, event) {
+        (None, PointsEvent::Credit(points)) => Some((
+            Ledger {
+                credited: points,
+                reversed: false,
+            },
+            points,
+        )),
+        (None, PointsEvent::Reverse) => Some((
+            Ledger {
+                credited: 0,
+                reversed: true,
+            },
+            0,
+        )),
+        // The reversal came first: remember the credit, move nothing.
+        (
+            Some(Ledger {
+                credited: 0,
+                reversed: true,
+            }),
+            PointsEvent::Credit(points),
+        ) if points > 0 => Some((
+            Ledger {
+                credited: points,
+                reversed: true,
+            },
+            0,
+        )),
+        (
+            Some(Ledger {
+                credited,
+                reversed: false,
+            }),
+            PointsEvent::Reverse,
+        ) => Some((
+            Ledger {
+                credited,
+                reversed: true,
+            },
+            -credited,
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +141,45 @@ mod tests {
         assert_eq!(points_for(0), 0);
         assert_eq!(points_for(-50), 0);
         assert_eq!(points_for(i64::MAX), i64::MAX / 10);
+    }
+
+    #[test]
+    fn points_move_once_per_order_whatever_the_order_of_events() {
+        use PointsEvent::*;
+        // credit, replayed credit, reversal, replayed reversal
+        let (entry, delta) = apply_points(None, Credit(999)).unwrap();
+        assert_eq!(delta, 999);
+        assert_eq!(apply_points(Some(entry), Credit(999)), None);
+        let (entry, delta) = apply_points(Some(entry), Reverse).unwrap();
+        assert_eq!(
+            (entry, delta),
+            (
+                Ledger {
+                    credited: 999,
+                    reversed: true
+                },
+                -999
+            )
+        );
+        assert_eq!(apply_points(Some(entry), Reverse), None);
+        assert_eq!(apply_points(Some(entry), Credit(999)), None);
+
+        // reversal first: the late credit moves nothing, the balance never dips
+        let (entry, delta) = apply_points(None, Reverse).unwrap();
+        assert_eq!(delta, 0);
+        let (entry, delta) = apply_points(Some(entry), Credit(500)).unwrap();
+        assert_eq!(
+            (entry, delta),
+            (
+                Ledger {
+                    credited: 500,
+                    reversed: true
+                },
+                0
+            )
+        );
+        assert_eq!(apply_points(Some(entry), Reverse), None);
+        assert_eq!(apply_points(Some(entry), Credit(500)), None);
     }
 
     #[test]

@@ -1,52 +1,110 @@
-//! What the customer service does with events of other services.
+//! What the customer service does with other services' events: loyalty
+//! points follow the order's fate, exactly once per order.
 //!
-//! Each handler runs inside the consumer's transaction, after the event's ID
-//! was recorded in the inbox; it commits with that record or not at all.
+//! * `order.created`: credit 10 % of the total.
+//! * `order.rejected` / `order.cancelled`: take that credit back.
+//!
+//! A per-order ledger ([`crate::db::ledger`], rules in
+//! [`crate::domain::apply_points`]) makes replays and out-of-order arrivals
+//! harmless. Each handler runs inside the consumer's transaction, after the
+//! event's ID was recorded in the inbox.
 
-use broker::{Consumer, HandlerError, Received, consumer::HandlerFuture};
-use dbps::order::v1::OrderCreated;
+use broker::{Consumer, HandlerError, Outbox, Received, TraceContext};
+use chrono::Utc;
+use dbps::{
+    customer::v1::LoyaltyPointsChanged,
+    order::v1::{OrderCancelled, OrderCreated, OrderRejected},
+};
 use diesel_async::AsyncPgConnection;
+use platform::api::timestamp;
+use uuid::Uuid;
 
 use crate::{
     db::{customers, ledger},
-    domain::points_for,
+    domain::{PointsEvent, apply_points, points_for},
 };
 
 /// The customer service's subscriptions.
-pub fn consumer() -> Consumer {
-    Consumer::new("customer").on::<OrderCreated, _>(credit_points)
+pub fn consumer(outbox: Outbox) -> Consumer {
+    let (on_rejected, on_cancelled) = (outbox.clone(), outbox.clone());
+    Consumer::new("customer")
+        .on::<OrderCreated, _>(move |conn, received: Received<OrderCreated>| {
+            let points = PointsEvent::Credit(points_for(received.event.total_cents));
+            let Received { event, trace, .. } = received;
+            Box::pin(move_points(
+                conn,
+                outbox.clone(),
+                event.order_id,
+                event.customer_id,
+                points,
+                trace,
+            ))
+        })
+        .on::<OrderRejected, _>(move |conn, received| {
+            let Received { event, trace, .. } = received;
+            Box::pin(move_points(
+                conn,
+                on_rejected.clone(),
+                event.order_id,
+                event.customer_id,
+                PointsEvent::Reverse,
+                trace,
+            ))
+        })
+        .on::<OrderCancelled, _>(move |conn, received| {
+            let Received { event, trace, .. } = received;
+            Box::pin(move_points(
+                conn,
+                on_cancelled.clone(),
+                event.order_id,
+                event.customer_id,
+                PointsEvent::Reverse,
+                trace,
+            ))
+        })
 }
 
-/// `order.created`: credit 10 % of the total to the customer, once per order.
-fn credit_points<'c>(
-    conn: &'c mut AsyncPgConnection,
-    received: Received<OrderCreated>,
-) -> HandlerFuture<'c> {
-    Box::pin(async move {
-        let order = received.event;
-        let order_id = parse(&order.order_id, "order_id")?;
-        let customer_id = parse(&order.customer_id, "customer_id")?;
-        let points = points_for(order.total_cents);
-        // Lock the customer first: every change of a customer's points takes
-        // this lock before anything else.
-        if !customers::lock(conn, customer_id).await? {
-            return Err(HandlerError::Reject(format!(
-                "unknown customer {customer_id}"
-            )));
-        }
-        // The ledger row makes the credit once-only per order, whatever
-        // events carry it.
-        if !ledger::record_credit(conn, order_id, customer_id, points).await? {
-            tracing::info!(%order_id, "points for this order were already credited");
-            return Ok(());
-        }
-        let balance = customers::add_points(conn, customer_id, points).await?;
-        tracing::info!(%order_id, %customer_id, points, balance, "loyalty points credited");
-        Ok(())
-    })
+async fn move_points(
+    conn: &mut AsyncPgConnection,
+    outbox: Outbox,
+    order_id: String,
+    customer_id: String,
+    event: PointsEvent,
+    trace: TraceContext,
+) -> Result<(), HandlerError> {
+    let order_id = parse(&order_id, "order_id")?;
+    let customer_id = parse(&customer_id, "customer_id")?;
+    // Every change of a customer's points locks the customer first.
+    if !customers::lock(conn, customer_id).await? {
+        return Err(HandlerError::Reject(format!(
+            "unknown customer {customer_id}"
+        )));
+    }
+    let current = ledger::lock(conn, order_id).await?;
+    let Some((next, delta)) = apply_points(current, event) else {
+        tracing::info!(%order_id, ?event, "points for this order already settled");
+        return Ok(());
+    };
+    match current {
+        None => ledger::insert(conn, order_id, customer_id, next).await?,
+        Some(_) => ledger::update(conn, order_id, next).await?,
+    }
+    if delta != 0 {
+        let (balance, version) = customers::add_points(conn, customer_id, delta).await?;
+        let changed = LoyaltyPointsChanged {
+            customer_id: customer_id.to_string(),
+            order_id: order_id.to_string(),
+            delta,
+            balance,
+            changed_at: Some(timestamp(Utc::now())),
+            version,
+        };
+        outbox.enqueue(conn, &changed, &trace).await?;
+        tracing::info!(%order_id, %customer_id, delta, balance, "loyalty points moved");
+    }
+    Ok(())
 }
 
-fn parse(id: &str, field: &str) -> Result<uuid::Uuid, HandlerError> {
-    uuid::Uuid::try_parse(id)
-        .map_err(|_| HandlerError::Reject(format!("{field} {id:?} is not a UUID")))
+fn parse(id: &str, field: &str) -> Result<Uuid, HandlerError> {
+    Uuid::try_parse(id).map_err(|_| HandlerError::Reject(format!("{field} {id:?} is not a UUID")))
 }

@@ -4,7 +4,8 @@
 //! * [`api`]: `customer.v1.CustomerService` over gRPC. `RegisterCustomer`
 //!   writes the customer and a `customer.registered` event in one transaction.
 //! * [`events`]: `order.created` credits 10 % of the order total as points,
-//!   once per order, through the [`db::ledger`].
+//!   `order.rejected` / `order.cancelled` take them back, once per order,
+//!   through the [`db::ledger`]; each move publishes `customer.points_changed`.
 //! * [`domain`]: validated names and emails, the points rule.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it all to the
 //!   shared plumbing in `platform`.

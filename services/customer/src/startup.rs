@@ -10,10 +10,11 @@ pub async fn build(infra: Infra, config: Config<NoExtra>) -> anyhow::Result<App>
     let api =
         CustomerServiceServer::new(CustomerApi::new(infra.pool.clone(), infra.outbox.clone()))
             .max_decoding_message_size(infra.settings().grpc_max_message_bytes);
+    let consumer = events::consumer(infra.outbox.clone());
     infra
         .server()
         .api(api)
-        .consumer(events::consumer())
+        .consumer(consumer)
         .bind(config.grpc_addr)
         .await
 }

@@ -4,12 +4,15 @@
 //! * [`api`]: `inventory.v1.InventoryService` over gRPC. Every change of a
 //!   product writes its full new state as a `product.changed` event in the same
 //!   transaction, so other services can keep replicas of the catalog.
+//! * [`events`]: the saga's inventory side: reserve an order's lines all or
+//!   nothing on `order.created`, give them back on `order.cancelled`.
 //! * [`domain`]: validated product fields and stock rules.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
 
 pub mod api;
 pub mod db;
 pub mod domain;
+pub mod events;
 pub mod startup;
 
 use diesel_migrations::embed_migrations;

@@ -3,9 +3,12 @@
 
 use broker::{Outbox, TraceContext, pg::PgPool};
 use chrono::{SubsecRound, Utc};
+use std::sync::Arc;
+
 use dbps::order::v1::{
-    GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderCreated, OrderLine,
-    PlaceOrderRequest, order_service_server::OrderService,
+    CancelOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
+    OrderCreated, OrderLine, OrderStatus as ProtoStatus, PlaceOrderRequest, WatchOrderRequest,
+    order_service_server::OrderService,
 };
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection, pooled_connection::bb8::RunError};
@@ -13,6 +16,9 @@ use platform::{
     ApiError, Violations,
     api::{Page, parse_id, timestamp, trace_context},
 };
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -21,14 +27,26 @@ use crate::{
         orders::{self, LineRow, Order as Stored, OrderRow},
         replicas,
     },
-    domain::{self, OrderStatus, PlaceOrder},
+    domain::{self, OrderStatus, PlaceOrder, Transition},
+    transitions::{self, Outcome},
+    watch::Watchers,
 };
+
+/// After REJECTED or CANCELLED nothing can happen to an order any more.
+fn is_final(order: &Order) -> bool {
+    matches!(
+        order.status(),
+        ProtoStatus::Rejected | ProtoStatus::Cancelled
+    )
+}
 
 /// The gRPC API of the order service.
 #[derive(Clone)]
 pub struct OrderApi {
     pool: PgPool,
     outbox: Outbox,
+    watchers: Arc<Watchers>,
+    shutdown: CancellationToken,
 }
 
 /// Why an order was not placed.
@@ -60,9 +78,28 @@ impl From<PlaceError> for ApiError {
 }
 
 impl OrderApi {
-    /// An API over the service's pool and outbox.
-    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
-        OrderApi { pool, outbox }
+    /// An API over the service's pool and outbox; watch streams end on
+    /// `shutdown`.
+    pub fn new(
+        pool: PgPool,
+        outbox: Outbox,
+        watchers: Arc<Watchers>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        OrderApi {
+            pool,
+            outbox,
+            watchers,
+            shutdown,
+        }
+    }
+
+    async fn load(&self, order_id: Uuid) -> Result<Order, ApiError> {
+        let mut conn = self.pool.get().await?;
+        let stored = orders::find(&mut conn, order_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))?;
+        Ok(to_proto(stored))
     }
 
     async fn place(
@@ -144,6 +181,8 @@ fn same_order(existing: Stored, request: &PlaceOrder) -> Result<Stored, PlaceErr
 
 #[tonic::async_trait]
 impl OrderService for OrderApi {
+    type WatchOrderStream = ReceiverStream<Result<Order, Status>>;
+
     #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id, order_id))]
     async fn place_order(
         &self,
@@ -164,12 +203,92 @@ impl OrderService for OrderApi {
     ) -> Result<Response<Order>, Status> {
         let order_id = parse_id(&request.get_ref().order_id)
             .map_err(|error| ApiError::invalid("order_id", error))?;
+        Ok(Response::new(self.load(order_id).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let trace = trace_context(&request);
+        let mut violations = Violations::new();
+        let order_id = violations.check("order_id", parse_id(&request.get_ref().order_id));
+        let reason = violations.check("reason", domain::parse_reason(&request.get_ref().reason));
+        let (Some(order_id), Some(reason)) = (order_id, reason) else {
+            return Err(ApiError::from(violations).into());
+        };
+        let reason = if reason.is_empty() {
+            "cancelled by the client".to_owned()
+        } else {
+            reason
+        };
         let mut conn = self.pool.get().await.map_err(ApiError::from)?;
-        let stored = orders::find(&mut conn, order_id)
+        let outcome = conn
+            .transaction::<_, DieselError, _>(async |conn| {
+                transitions::apply(
+                    conn,
+                    &self.outbox,
+                    order_id,
+                    Transition::Cancel,
+                    &reason,
+                    &trace,
+                )
+                .await
+            })
             .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))?;
-        Ok(Response::new(to_proto(stored)))
+            .map_err(ApiError::from)?;
+        match outcome {
+            Outcome::Moved(_) => Ok(Response::new(self.load(order_id).await?)),
+            Outcome::Missing => {
+                Err(ApiError::NotFound(format!("order {order_id} not found")).into())
+            }
+            Outcome::AlreadyThere(order) | Outcome::Refused(order) => {
+                Err(ApiError::FailedPrecondition(format!(
+                    "order {order_id} is {} and cannot be cancelled",
+                    order.status
+                ))
+                .into())
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn watch_order(
+        &self,
+        request: Request<WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let order_id = parse_id(&request.get_ref().order_id)
+            .map_err(|error| ApiError::invalid("order_id", error))?;
+        // Subscribe before the first read, so no change can fall in between.
+        let mut changes = self.watchers.subscribe(order_id);
+        let first = self.load(order_id).await?;
+        let (sender, receiver) = mpsc::channel(8);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            loop {
+                if sender.send(Ok(last.clone())).await.is_err() || is_final(&last) {
+                    return;
+                }
+                loop {
+                    let latest = tokio::select! {
+                        latest = changes.next() => latest,
+                        _ = sender.closed() => return,
+                        _ = shutdown.cancelled() => {
+                            let _ = sender.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
+                            return;
+                        }
+                    };
+                    let Some(latest) = latest else { return };
+                    if *latest != last {
+                        last = (*latest).clone();
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn list_orders(

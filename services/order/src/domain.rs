@@ -51,6 +51,27 @@ impl OrderStatus {
         })
     }
 
+    /// No event can move the order any more (APPROVED still can be cancelled).
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Rejected | OrderStatus::Cancelled)
+    }
+
+    /// What `transition` does to an order in this status. Replays and
+    /// out-of-order arrivals land on [`Decision::AlreadyThere`] or
+    /// [`Decision::Refuse`] and change nothing.
+    pub fn decide(self, transition: Transition) -> Decision {
+        use OrderStatus::*;
+        match (self, transition) {
+            (Pending, Transition::StockReserved) => Decision::Move(Approved),
+            (Pending, Transition::StockRejected) => Decision::Move(Rejected),
+            (Pending | Approved, Transition::Cancel) => Decision::Move(Cancelled),
+            (Approved, Transition::StockReserved) | (Rejected, Transition::StockRejected) => {
+                Decision::AlreadyThere
+            }
+            _ => Decision::Refuse,
+        }
+    }
+
     /// The protobuf enum.
     pub fn to_proto(self) -> proto::OrderStatus {
         match self {
@@ -59,6 +80,40 @@ impl OrderStatus {
             OrderStatus::Rejected => proto::OrderStatus::Rejected,
             OrderStatus::Cancelled => proto::OrderStatus::Cancelled,
         }
+    }
+}
+
+/// What can happen to an order after it was placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Inventory reserved every line.
+    StockReserved,
+    /// Inventory could not reserve the stock.
+    StockRejected,
+    /// A client cancels.
+    Cancel,
+}
+
+/// The outcome of a [`Transition`] for an order's current status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Move to this status.
+    Move(OrderStatus),
+    /// The transition already happened (a replay): nothing to do.
+    AlreadyThere,
+    /// Not allowed from the current status.
+    Refuse,
+}
+
+/// Longest cancellation reason.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// Validates a cancellation reason: optional, at most 200 printable characters.
+pub fn parse_reason(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        Ok(String::new())
+    } else {
+        platform::api::parse_text(raw, MAX_REASON_CHARS)
     }
 }
 
@@ -248,6 +303,45 @@ mod tests {
             },
         ];
         assert_eq!(price(&unknown, &prices).unwrap_err(), ["Z"]);
+    }
+
+    #[test]
+    fn the_state_machine_moves_forward_only() {
+        use Decision::*;
+        use OrderStatus::*;
+        use Transition::*;
+        let table = [
+            (Pending, StockReserved, Move(Approved)),
+            (Pending, StockRejected, Move(Rejected)),
+            (Pending, Cancel, Move(Cancelled)),
+            (Approved, Cancel, Move(Cancelled)),
+            (Approved, StockReserved, AlreadyThere),
+            (Rejected, StockRejected, AlreadyThere),
+            // A late reservation must not resurrect a cancelled order.
+            (Cancelled, StockReserved, Refuse),
+            (Cancelled, StockRejected, Refuse),
+            (Cancelled, Cancel, Refuse),
+            (Rejected, Cancel, Refuse),
+            (Rejected, StockReserved, Refuse),
+            (Approved, StockRejected, Refuse),
+        ];
+        for (from, transition, expected) in table {
+            assert_eq!(
+                from.decide(transition),
+                expected,
+                "{from:?} + {transition:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_are_optional_but_bounded() {
+        assert_eq!(parse_reason("  ").as_deref(), Ok(""));
+        assert_eq!(
+            parse_reason(" changed my mind ").as_deref(),
+            Ok("changed my mind")
+        );
+        assert!(parse_reason(&"x".repeat(201)).is_err());
     }
 
     #[test]

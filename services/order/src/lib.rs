@@ -4,8 +4,11 @@
 //!   customer and prices the lines against this service's own replicas, then
 //!   writes the order (PENDING), its lines and `order.created` in one
 //!   transaction.
+//!   `CancelOrder` and the stock answers move orders through
+//!   [`transitions`]; `WatchOrder` streams changes heard by [`watch`].
 //! * [`events`]: keeps the replicas (`known_customers`, `catalog`) from
-//!   `customer.registered` and `product.changed`.
+//!   `customer.registered` and `product.changed`, and approves or rejects
+//!   orders on `stock.reserved` / `stock.rejected`.
 //! * [`domain`]: validated requests, order status, pricing.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
 
@@ -14,6 +17,8 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod startup;
+pub mod transitions;
+pub mod watch;
 
 use diesel_migrations::embed_migrations;
 use platform::ServiceSpec;

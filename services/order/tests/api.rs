@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use dbps::{
     customer::v1::CustomerRegistered,
-    inventory::v1::ProductChanged,
+    inventory::v1::{ProductChanged, StockRejected, StockReserved},
     order::v1::{
-        GetOrderRequest, LineItem, ListOrdersRequest, Order, OrderStatus, PlaceOrderRequest,
-        order_service_client::OrderServiceClient,
+        CancelOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest, Order, OrderStatus,
+        PlaceOrderRequest, WatchOrderRequest, order_service_client::OrderServiceClient,
     },
 };
 use order_service::{SERVICE, startup::build};
@@ -379,4 +379,158 @@ async fn every_bad_field_is_named_in_invalid_argument() {
         ..Default::default()
     };
     assert_invalid(client.list_orders(bad).await, &["page_size"]);
+}
+
+impl App {
+    async fn wait_status(&self, order_id: &str, status: OrderStatus) -> Order {
+        let client = self.client.clone();
+        eventually(&format!("{order_id} to be {status:?}"), WAIT, || {
+            let mut client = client.clone();
+            async move {
+                let order = client
+                    .get_order(GetOrderRequest {
+                        order_id: order_id.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (order.status() == status).then_some(order)
+            }
+        })
+        .await
+    }
+}
+
+fn cancel(order_id: &str, reason: &str) -> CancelOrderRequest {
+    CancelOrderRequest {
+        order_id: order_id.into(),
+        reason: reason.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inventory_answers_move_pending_orders_and_late_ones_change_nothing() {
+    let mut app = spawn_app().await;
+    let customer = app.customer().await;
+    app.product("BOOK", 100, 1).await;
+    let approved = app.place(order(&customer, &[("BOOK", 1)], "a")).await;
+    let rejected = app.place(order(&customer, &[("BOOK", 2)], "b")).await;
+
+    app.env
+        .publish(&StockReserved {
+            order_id: approved.order_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    app.env
+        .publish(&StockRejected {
+            order_id: rejected.order_id.clone(),
+            reason: "no BOOK".into(),
+            sku: "BOOK".into(),
+            ..Default::default()
+        })
+        .await;
+    app.wait_status(&approved.order_id, OrderStatus::Approved)
+        .await;
+    let refused = app
+        .wait_status(&rejected.order_id, OrderStatus::Rejected)
+        .await;
+    assert_eq!(refused.status_reason, "no BOOK");
+
+    // Replays and contradicting late answers are ignored.
+    app.env
+        .publish(&StockRejected {
+            order_id: approved.order_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    app.env
+        .publish(&StockReserved {
+            order_id: rejected.order_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    // Inventory's events share one queue, consumed in order: once a product
+    // published after them is known, both answers have been applied.
+    app.product("MARK", 1, 1).await;
+    app.place(order(&customer, &[("MARK", 1)], "")).await;
+    for (order_id, status) in [
+        (&approved.order_id, OrderStatus::Approved),
+        (&rejected.order_id, OrderStatus::Rejected),
+    ] {
+        let request = GetOrderRequest {
+            order_id: order_id.clone(),
+        };
+        assert_eq!(
+            app.client
+                .get_order(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .status(),
+            status
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_and_approved_orders_can_be_cancelled_once() {
+    let mut app = spawn_app().await;
+    let customer = app.customer().await;
+    app.product("BOOK", 100, 1).await;
+    let pending = app.place(order(&customer, &[("BOOK", 1)], "")).await;
+    let cancelled = app
+        .client
+        .cancel_order(cancel(&pending.order_id, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.status(), OrderStatus::Cancelled);
+    assert_eq!(cancelled.status_reason, "cancelled by the client");
+
+    let status = app
+        .client
+        .cancel_order(cancel(&pending.order_id, "again"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let status = app
+        .client
+        .cancel_order(cancel(&Uuid::now_v7().to_string(), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    assert_invalid(
+        app.client.cancel_order(cancel("nope", "")).await,
+        &["order_id"],
+    );
+    assert_invalid(
+        app.client
+            .cancel_order(cancel(&pending.order_id, &"r".repeat(201)))
+            .await,
+        &["reason"],
+    );
+    assert_invalid(
+        app.client.cancel_order(cancel("", "\u{7}")).await,
+        &["order_id", "reason"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watching_needs_an_existing_order() {
+    let mut app = spawn_app().await;
+    let watch = |id: &str| WatchOrderRequest {
+        order_id: id.into(),
+    };
+    assert_invalid(
+        app.client.watch_order(watch("x")).await.map(|_| ()),
+        &["order_id"],
+    );
+    let status = app
+        .client
+        .watch_order(watch(&Uuid::now_v7().to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
 }

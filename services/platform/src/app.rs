@@ -1,8 +1,10 @@
 //! From configuration to a running service, and back down on shutdown.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 
-use broker::{Amqp, Consumer, ConsumerConfig, Outbox, Relay, RelayConfig, pg::PgPool};
+use futures_util::future::BoxFuture;
+
+use broker::{Amqp, Consumer, Outbox, Relay, pg::PgPool};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -30,6 +32,7 @@ pub struct Infra {
     amqp: Amqp,
     database_url: String,
     settings: Settings,
+    shutdown: CancellationToken,
 }
 
 /// How long to keep retrying the database when a service starts before it.
@@ -38,9 +41,9 @@ const DATABASE_WAIT: Duration = Duration::from_secs(60);
 impl Infra {
     /// Bootstraps (with an admin URL), migrates and opens the pool, waiting up
     /// to a minute for the database to come up.
-    pub async fn connect<X: clap::Args>(
+    pub async fn connect<X: clap::Args, S: clap::Subcommand>(
         spec: &'static ServiceSpec,
-        config: &Config<X>,
+        config: &Config<X, S>,
     ) -> anyhow::Result<Infra> {
         let settings = config.settings.clone();
         let database_url = config.database_url.clone();
@@ -64,6 +67,7 @@ impl Infra {
             outbox = outbox.without_notify();
         }
         let amqp = Amqp::new(settings.amqp_url.clone(), format!("{}-service", spec.name));
+        let shutdown = CancellationToken::new();
         Ok(Infra {
             spec,
             pool,
@@ -71,6 +75,7 @@ impl Infra {
             amqp,
             database_url,
             settings,
+            shutdown,
         })
     }
 
@@ -95,6 +100,22 @@ impl Infra {
         &self.settings
     }
 
+    /// The shared AMQP connection.
+    pub fn amqp(&self) -> &Amqp {
+        &self.amqp
+    }
+
+    /// The service's own database URL (for dedicated connections, e.g. LISTEN).
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// Cancelled when the service begins to shut down: long-lived work
+    /// (streams, background tasks) stops on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Starts describing the server: add the API, then the consumer, then bind.
     pub fn server(self) -> AppBuilder {
         AppBuilder {
@@ -103,6 +124,7 @@ impl Infra {
             names: Vec::new(),
             consumer: None,
             relay: true,
+            background: Vec::new(),
         }
     }
 }
@@ -114,6 +136,7 @@ pub struct AppBuilder {
     names: Vec<&'static str>,
     consumer: Option<Consumer>,
     relay: bool,
+    background: Vec<BoxFuture<'static, ()>>,
 }
 
 impl AppBuilder {
@@ -137,6 +160,13 @@ impl AppBuilder {
     /// Runs `consumer` beside the server.
     pub fn consumer(mut self, consumer: Consumer) -> Self {
         self.consumer = Some(consumer);
+        self
+    }
+
+    /// Runs `task` beside the server until it returns; it should return soon
+    /// after [`Infra::shutdown_token`] is cancelled.
+    pub fn background(mut self, task: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.background.push(Box::pin(task));
         self
     }
 
@@ -188,6 +218,7 @@ impl App {
             names,
             consumer,
             relay,
+            background,
         } = builder;
         let Infra {
             spec,
@@ -195,9 +226,20 @@ impl App {
             amqp,
             database_url,
             settings,
+            shutdown: internal,
             ..
         } = infra;
         let grace = settings.shutdown_grace;
+        // Everything inside follows the service's own token, cancelled when
+        // the caller's is (and by a failing server).
+        {
+            let internal = internal.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                internal.cancel();
+            });
+        }
+        let shutdown = internal;
 
         let (reporter, health) = tonic_health::server::health_reporter();
         set_status(&reporter, &names, ServingStatus::NotServing).await;
@@ -205,25 +247,20 @@ impl App {
         let reflection_alpha = reflection(&names).build_v1alpha()?;
 
         let mut workers = JoinSet::new();
+        for task in background {
+            workers.spawn(task);
+        }
         let mut readiness = Vec::new();
         if relay {
             let (ready, is_ready) = oneshot::channel();
             readiness.push(is_ready);
-            let mut config =
-                RelayConfig::new(spec.name, &settings.amqp_prefix, &database_url, spec.schema);
-            config.batch_size = settings.relay_batch_size;
-            config.poll_interval = settings.relay_poll_interval;
-            config.listen = settings.outbox_notify;
-            config.outbox_retention = settings.outbox_retention;
-            config.inbox_retention = settings.inbox_retention;
+            let config = settings.relay_config(spec, &database_url);
             workers.spawn(Relay::new(config, amqp.clone()).run(shutdown.clone(), ready));
         }
         if let Some(consumer) = consumer {
             let (ready, is_ready) = oneshot::channel();
             readiness.push(is_ready);
-            let mut config = ConsumerConfig::new(&settings.amqp_prefix);
-            config.prefetch = settings.consumer_prefetch;
-            config.delivery_limit = settings.consumer_delivery_limit;
+            let config = settings.consumer_config();
             workers.spawn(consumer.run(
                 amqp.clone(),
                 pool.clone(),

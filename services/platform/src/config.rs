@@ -33,9 +33,9 @@ impl ServiceSpec {
     }
 }
 
-/// What the binary does.
+/// What the binary does; `S` adds commands only that service has.
 #[derive(Clone, Debug, Default, Subcommand)]
-pub enum Command {
+pub enum Command<S: Subcommand = NoCommand> {
     /// Serve gRPC, publish the outbox and consume events (the default).
     #[default]
     Serve,
@@ -43,13 +43,20 @@ pub enum Command {
     Bootstrap,
     /// Exit 0 if the server at --grpc-addr reports SERVING (container health checks).
     Healthcheck,
+    #[command(flatten)]
+    Service(S),
 }
 
-/// A service's configuration; `X` holds settings only that service has.
+/// No service-specific commands.
+#[derive(Clone, Debug, Subcommand)]
+pub enum NoCommand {}
+
+/// A service's configuration; `X` holds settings and `S` commands only that
+/// service has.
 #[derive(Clone, Debug, Parser)]
-pub struct Config<X: Args = NoExtra> {
+pub struct Config<X: Args = NoExtra, S: Subcommand = NoCommand> {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<Command<S>>,
 
     /// Address the gRPC server listens on.
     #[arg(long, env = "GRPC_ADDR")]
@@ -138,6 +145,28 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
+impl Settings {
+    /// The consumer tuning these settings describe.
+    pub fn consumer_config(&self) -> broker::ConsumerConfig {
+        let mut config = broker::ConsumerConfig::new(&self.amqp_prefix);
+        config.prefetch = self.consumer_prefetch;
+        config.delivery_limit = self.consumer_delivery_limit;
+        config
+    }
+
+    /// The relay of `spec`'s service, connecting to `database_url`.
+    pub fn relay_config(&self, spec: &ServiceSpec, database_url: &str) -> broker::RelayConfig {
+        let mut config =
+            broker::RelayConfig::new(spec.name, &self.amqp_prefix, database_url, spec.schema);
+        config.batch_size = self.relay_batch_size;
+        config.poll_interval = self.relay_poll_interval;
+        config.listen = self.outbox_notify;
+        config.outbox_retention = self.outbox_retention;
+        config.inbox_retention = self.inbox_retention;
+        config
+    }
+}
+
 /// How logs are written to stdout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -147,7 +176,7 @@ pub enum LogFormat {
     Json,
 }
 
-impl<X: Args + FromArgMatches> Config<X> {
+impl<X: Args + FromArgMatches, S: Subcommand + FromArgMatches> Config<X, S> {
     /// Parses the process arguments with `spec`'s name and defaults.
     pub fn parse_for(spec: &ServiceSpec) -> Self {
         Self::try_parse_for(spec, std::env::args_os()).unwrap_or_else(|error| error.exit())

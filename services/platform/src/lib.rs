@@ -27,12 +27,12 @@ pub mod telemetry;
 
 use std::{future::Future, process::ExitCode};
 
-use clap::{Args, FromArgMatches};
+use clap::{Args, FromArgMatches, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 pub use api::{ApiError, Violations};
 pub use app::{App, Infra};
-pub use config::{Command, Config, NoExtra, ServiceSpec, Settings};
+pub use config::{Command, Config, NoCommand, NoExtra, ServiceSpec, Settings};
 
 /// Runs a service binary: parses its configuration and runs the chosen
 /// command (`serve` by default, `bootstrap`, `healthcheck`).
@@ -42,7 +42,23 @@ where
     F: FnOnce(Infra, Config<X>) -> Fut,
     Fut: Future<Output = anyhow::Result<App>>,
 {
-    let config = Config::<X>::parse_for(spec);
+    main_with(spec, build, |command: NoCommand, _, _| async move {
+        match command {}
+    })
+}
+
+/// [`main`] for a service with commands of its own: `run` gets the command,
+/// the service's connections and its configuration.
+pub fn main_with<X, S, F, Fut, R, RFut>(spec: &'static ServiceSpec, build: F, run: R) -> ExitCode
+where
+    X: Args + FromArgMatches,
+    S: Subcommand + FromArgMatches + Clone,
+    F: FnOnce(Infra, Config<X, S>) -> Fut,
+    Fut: Future<Output = anyhow::Result<App>>,
+    R: FnOnce(S, Infra, Config<X, S>) -> RFut,
+    RFut: Future<Output = anyhow::Result<()>>,
+{
+    let config = Config::<X, S>::parse_for(spec);
     telemetry::init(config.settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,6 +88,10 @@ where
                 bootstrap::run(admin, &config.database_url, spec.schema).await
             }
             Command::Healthcheck => health::check(config.grpc_addr).await,
+            Command::Service(command) => {
+                let infra = Infra::connect(spec, &config).await?;
+                run(command, infra, config).await
+            }
         }
     });
     match result {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::schema::customers;
 
-/// A customer row.
+/// A customer row (without the balance's version, which only events carry).
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = customers)]
 pub struct Customer {
@@ -69,16 +69,19 @@ pub async fn lock(conn: &mut AsyncPgConnection, customer_id: Uuid) -> QueryResul
     Ok(found.is_some())
 }
 
-/// Adds `delta` points to a customer (locked by [`lock`]); returns the new
-/// balance.
+/// Adds `delta` (possibly negative) points to a customer locked by [`lock`];
+/// returns the new balance and its version.
 pub async fn add_points(
     conn: &mut AsyncPgConnection,
     customer_id: Uuid,
     delta: i64,
-) -> QueryResult<i64> {
+) -> QueryResult<(i64, i64)> {
     diesel::update(customers::table.find(customer_id))
-        .set(customers::loyalty_points.eq(customers::loyalty_points + delta))
-        .returning(customers::loyalty_points)
+        .set((
+            customers::loyalty_points.eq(customers::loyalty_points + delta),
+            customers::points_version.eq(customers::points_version + 1),
+        ))
+        .returning((customers::loyalty_points, customers::points_version))
         .get_result(conn)
         .await
 }

@@ -7,6 +7,7 @@ diesel::table! {
         email -> Text,
         loyalty_points -> Int8,
         created_at -> Timestamptz,
+        points_version -> Int8,
     }
 }
 

@@ -1,4 +1,5 @@
 //! The `inventory` schema: diesel tables and queries.
 
 pub mod products;
+pub mod reservations;
 pub mod schema;

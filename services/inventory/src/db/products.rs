@@ -92,3 +92,47 @@ pub async fn adjust_available(
     .await
     .optional()
 }
+
+/// Moves `quantity` from available to reserved if that many are available, in
+/// one conditional update: the database, not a read before the write, decides,
+/// so concurrent reservations can never oversell. `None` if not enough (or no
+/// such product).
+pub async fn reserve(
+    conn: &mut AsyncPgConnection,
+    sku: &str,
+    quantity: i64,
+) -> QueryResult<Option<Product>> {
+    diesel::update(
+        products::table
+            .find(sku)
+            .filter(products::available.ge(quantity)),
+    )
+    .set((
+        products::available.eq(products::available - quantity),
+        products::reserved.eq(products::reserved + quantity),
+        products::version.eq(products::version + 1),
+        products::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(Product::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Moves `quantity` from reserved back to available.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    sku: &str,
+    quantity: i64,
+) -> QueryResult<Product> {
+    diesel::update(products::table.find(sku))
+        .set((
+            products::available.eq(products::available + quantity),
+            products::reserved.eq(products::reserved - quantity),
+            products::version.eq(products::version + 1),
+            products::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(Product::as_returning())
+        .get_result(conn)
+        .await
+}

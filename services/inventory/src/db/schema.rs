@@ -12,3 +12,24 @@ diesel::table! {
         updated_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    reservations (order_id) {
+        order_id -> Uuid,
+        status -> Text,
+        reason -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    reservation_lines (order_id, sku) {
+        order_id -> Uuid,
+        sku -> Text,
+        quantity -> Int4,
+    }
+}
+
+diesel::joinable!(reservation_lines -> reservations (order_id));
+diesel::allow_tables_to_appear_in_same_query!(products, reservations, reservation_lines);

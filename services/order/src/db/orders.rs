@@ -8,7 +8,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{order_lines, orders};
-use crate::domain::PricedLine;
+use crate::domain::{OrderStatus, PricedLine};
 
 /// An order row.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
@@ -74,6 +74,51 @@ pub async fn insert(
         .execute(conn)
         .await?;
     Ok(true)
+}
+
+/// The order, locked until the transaction ends (every change of an order
+/// takes this lock first).
+pub async fn lock(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<OrderRow>> {
+    orders::table
+        .find(order_id)
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Sets a locked order's status.
+pub async fn set_status(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    status: OrderStatus,
+    reason: &str,
+) -> QueryResult<OrderRow> {
+    diesel::update(orders::table.find(order_id))
+        .set((
+            orders::status.eq(status.as_str()),
+            orders::status_reason.eq(reason),
+            orders::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(OrderRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// The NOTIFY channel that tells watchers an order changed; its payload is
+/// the order ID.
+pub const CHANGES_CHANNEL: &str = "orders_order_changed";
+
+/// Tells every order service process, once the transaction commits, that the
+/// order changed (its watchers then read it again).
+pub async fn notify_changed(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<diesel::sql_types::Text, _>(CHANGES_CHANNEL)
+        .bind::<diesel::sql_types::Text, _>(order_id.to_string())
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// The order a customer placed with `key`, if any.

@@ -1,0 +1,89 @@
+//! Moving an order through its states, the one way every path does it:
+//! lock the order, let the state machine decide, update, write the event and
+//! notify watchers, all in the caller's transaction.
+
+use broker::{Outbox, TraceContext};
+use chrono::Utc;
+use dbps::order::v1::{OrderApproved, OrderCancelled, OrderRejected};
+use diesel_async::AsyncPgConnection;
+use platform::api::timestamp;
+use uuid::Uuid;
+
+use crate::{
+    db::orders::{self, OrderRow},
+    domain::{Decision, OrderStatus, Transition},
+};
+
+/// What a transition did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The order moved; this is its new row.
+    Moved(OrderRow),
+    /// It had already happened (a replay); nothing changed.
+    AlreadyThere(OrderRow),
+    /// Not allowed from the order's status; nothing changed.
+    Refused(OrderRow),
+    /// No such order.
+    Missing,
+}
+
+/// Applies `transition` to `order_id`; `reason` is kept for rejections and
+/// cancellations.
+pub async fn apply(
+    conn: &mut AsyncPgConnection,
+    outbox: &Outbox,
+    order_id: Uuid,
+    transition: Transition,
+    reason: &str,
+    trace: &TraceContext,
+) -> diesel::QueryResult<Outcome> {
+    let Some(current) = orders::lock(conn, order_id).await? else {
+        return Ok(Outcome::Missing);
+    };
+    let Some(status) = OrderStatus::parse(&current.status) else {
+        return Ok(Outcome::Refused(current));
+    };
+    let next = match status.decide(transition) {
+        Decision::Move(next) => next,
+        Decision::AlreadyThere => return Ok(Outcome::AlreadyThere(current)),
+        Decision::Refuse => return Ok(Outcome::Refused(current)),
+    };
+    let row = orders::set_status(conn, order_id, next, reason).await?;
+    let order_id_text = row.order_id.to_string();
+    let customer_id = row.customer_id.to_string();
+    let at = Some(timestamp(Utc::now()));
+    match next {
+        OrderStatus::Approved => {
+            let event = OrderApproved {
+                order_id: order_id_text,
+                customer_id,
+                total_cents: row.total_cents,
+                approved_at: at,
+            };
+            outbox.enqueue(conn, &event, trace).await?;
+        }
+        OrderStatus::Rejected => {
+            let event = OrderRejected {
+                order_id: order_id_text,
+                customer_id,
+                reason: reason.to_owned(),
+                rejected_at: at,
+            };
+            outbox.enqueue(conn, &event, trace).await?;
+        }
+        OrderStatus::Cancelled => {
+            let event = OrderCancelled {
+                order_id: order_id_text,
+                customer_id,
+                reason: reason.to_owned(),
+                previous_status: status.to_proto().into(),
+                cancelled_at: at,
+            };
+            outbox.enqueue(conn, &event, trace).await?;
+        }
+        OrderStatus::Pending => {}
+    }
+    orders::notify_changed(conn, order_id).await?;
+    tracing::info!(%order_id, from = status.as_str(), to = next.as_str(), reason, "order moved");
+    Ok(Outcome::Moved(row))
+}

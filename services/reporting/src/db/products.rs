@@ -1,0 +1,135 @@
+//! `product_view` and `sales_by_sku`.
+
+use diesel::{prelude::*, upsert::excluded};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::schema::{product_view, sales_by_sku};
+
+/// A product state from `product.changed`.
+#[derive(Insertable)]
+#[diesel(table_name = product_view)]
+pub struct ProductState<'a> {
+    pub sku: &'a str,
+    pub name: &'a str,
+    pub price_cents: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub version: i64,
+}
+
+/// Stores a product state unless a newer one is already held.
+pub async fn changed(conn: &mut AsyncPgConnection, state: &ProductState<'_>) -> QueryResult<()> {
+    use diesel::query_dsl::methods::FilterDsl;
+    diesel::insert_into(product_view::table)
+        .values(state)
+        .on_conflict(product_view::sku)
+        .do_update()
+        .set((
+            product_view::name.eq(excluded(product_view::name)),
+            product_view::price_cents.eq(excluded(product_view::price_cents)),
+            product_view::available.eq(excluded(product_view::available)),
+            product_view::reserved.eq(excluded(product_view::reserved)),
+            product_view::version.eq(excluded(product_view::version)),
+        ))
+        .filter(product_view::version.lt(excluded(product_view::version)))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Adds (`sign` = 1) or removes (`sign` = -1) one order's line to a SKU's sales.
+pub async fn count_sale(
+    conn: &mut AsyncPgConnection,
+    sku: &str,
+    quantity: i64,
+    revenue: i64,
+    sign: i64,
+) -> QueryResult<()> {
+    diesel::insert_into(sales_by_sku::table)
+        .values((
+            sales_by_sku::sku.eq(sku),
+            sales_by_sku::units.eq(sign * quantity),
+            sales_by_sku::revenue_cents.eq(sign * revenue),
+            sales_by_sku::orders.eq(sign),
+        ))
+        .on_conflict(sales_by_sku::sku)
+        .do_update()
+        .set((
+            sales_by_sku::units.eq(sales_by_sku::units + excluded(sales_by_sku::units)),
+            sales_by_sku::revenue_cents
+                .eq(sales_by_sku::revenue_cents + excluded(sales_by_sku::revenue_cents)),
+            sales_by_sku::orders.eq(sales_by_sku::orders + excluded(sales_by_sku::orders)),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// A SKU's sales and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sales {
+    pub sku: String,
+    pub name: String,
+    pub units: i64,
+    pub revenue_cents: i64,
+    pub orders: i64,
+}
+
+/// One SKU's sales (zero if none yet); `None` if the SKU is unknown here.
+pub async fn sales(conn: &mut AsyncPgConnection, sku: &str) -> QueryResult<Option<Sales>> {
+    let name: Option<String> = product_view::table
+        .find(sku)
+        .select(product_view::name)
+        .first(conn)
+        .await
+        .optional()?;
+    let counts: Option<(i64, i64, i64)> = sales_by_sku::table
+        .find(sku)
+        .select((
+            sales_by_sku::units,
+            sales_by_sku::revenue_cents,
+            sales_by_sku::orders,
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    if name.is_none() && counts.is_none() {
+        return Ok(None);
+    }
+    let (units, revenue_cents, orders) = counts.unwrap_or_default();
+    Ok(Some(Sales {
+        sku: sku.to_owned(),
+        name: name.unwrap_or_default(),
+        units,
+        revenue_cents,
+        orders,
+    }))
+}
+
+/// The `limit` SKUs with the most revenue.
+pub async fn top(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Sales>> {
+    let rows: Vec<(String, i64, i64, i64, Option<String>)> = sales_by_sku::table
+        .left_join(product_view::table.on(product_view::sku.eq(sales_by_sku::sku)))
+        .filter(sales_by_sku::orders.gt(0))
+        .order((sales_by_sku::revenue_cents.desc(), sales_by_sku::sku))
+        .limit(limit)
+        .select((
+            sales_by_sku::sku,
+            sales_by_sku::units,
+            sales_by_sku::revenue_cents,
+            sales_by_sku::orders,
+            product_view::name.nullable(),
+        ))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sku, units, revenue_cents, orders, name)| Sales {
+            sku,
+            name: name.unwrap_or_default(),
+            units,
+            revenue_cents,
+            orders,
+        })
+        .collect())
+}
