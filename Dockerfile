@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# One image for every service: order-service, customer-service and
-# inventory-service all live in /usr/local/bin; pick one with the container
+# One image for every service: order-service, customer-service,
+# inventory-service and reporting-service all live in /usr/local/bin; pick one with the container
 # command (see docker-compose.yml), e.g. `docker run IMAGE customer-service`.
 #
 #   docker build -t dbps/services:local .
@@ -34,11 +34,12 @@ RUN --mount=type=cache,id=dbps-cargo-registry,target=/usr/local/cargo/registry,s
     --mount=type=cache,id=dbps-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=dbps-target,target=/build/target,sharing=locked \
     cargo build --release --locked \
-        -p order-service -p customer-service -p inventory-service \
+        -p order-service -p customer-service -p inventory-service -p reporting-service \
  && mkdir -p /out \
  && cp target/release/order-service \
        target/release/customer-service \
        target/release/inventory-service \
+       target/release/reporting-service \
        /out/
 
 # ---------------------------------------------------------------- runtime ----
@@ -53,14 +54,16 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid dbps --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin dbps
 
-COPY --from=builder /out/order-service /out/customer-service /out/inventory-service /usr/local/bin/
+COPY --from=builder /out/order-service /out/customer-service /out/inventory-service \
+     /out/reporting-service /usr/local/bin/
 
 USER 10001:10001
 
 ENV LOG_FORMAT=json
 
-# 50051 order, 50052 customer, 50053 inventory (each binary's default GRPC_ADDR).
-EXPOSE 50051 50052 50053
+# 50051 order, 50052 customer, 50053 inventory, 50054 reporting (each binary's
+# default GRPC_ADDR).
+EXPOSE 50051 50052 50053 50054
 
 # No ENTRYPOINT: the command names the binary, e.g. ["order-service"]
 # (`serve` is the default subcommand; `bootstrap` and `healthcheck` also exist).

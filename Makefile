@@ -41,10 +41,15 @@ lint: ## Formatting, clippy with warnings denied, and buf lint of the contracts
 .PHONY: db
 db: ## Create each service's database role and schema (idempotent; done at start by make up)
 	@scripts/ensure-infra.sh
-	cargo build -p order-service -p customer-service -p inventory-service
-	@for s in order customer inventory; do \
+	cargo build -p order-service -p customer-service -p inventory-service -p reporting-service
+	@for s in order customer inventory reporting; do \
 	  ADMIN_DATABASE_URL=$${ADMIN_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres} \
 	    target/debug/$$s-service bootstrap; done
+
+.PHONY: rebuild-reporting
+rebuild-reporting: ## Drop the reporting read models and replay the event log into them (the natively run stack)
+	cargo build -p reporting-service
+	target/debug/reporting-service rebuild
 
 .PHONY: clients
 clients: $(VENV)/.installed ## Generate the Python client stubs from proto/

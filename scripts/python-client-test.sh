@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Part of `make test`: starts the services natively on ports of their own
-# (50151-50153, database dbps_pyclient, AMQP prefix pyclient), regenerates the
+# (50151-50154, database dbps_pyclient, AMQP prefix pyclient), regenerates the
 # Python stubs from proto/, runs the Python client's end-to-end script against
 # them, and stops exactly those processes.
 set -euo pipefail

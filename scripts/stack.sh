@@ -6,14 +6,15 @@
 #
 # start: builds the binaries (PROFILE=dev|release, default dev), starts each
 # service with its own role on DATABASE, gRPC on PORT_BASE+1 (order), +2
-# (customer), +3 (inventory), exchanges and queues under PREFIX; records each
-# PID and log in RUN_DIR; returns once every service reports SERVING.
+# (customer), +3 (inventory), +4 (reporting), exchanges and queues under
+# PREFIX; records each PID and log in RUN_DIR; returns once every service
+# reports SERVING.
 # stop: stops exactly the processes recorded in RUN_DIR (SIGTERM, then SIGKILL
 # after 15 s) and removes their records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVICES=(customer inventory order)
+SERVICES=(customer inventory order reporting)
 PROFILE=${PROFILE:-dev}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN_DIR=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
@@ -21,7 +22,10 @@ ADMIN_DATABASE_URL=${ADMIN_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/post
 PG_HOST=${PG_HOST:-127.0.0.1:5432}
 
 port_of() {
-  case $1 in order) echo $(($2 + 1)) ;; customer) echo $(($2 + 2)) ;; inventory) echo $(($2 + 3)) ;; esac
+  case $1 in
+    order) echo $(($2 + 1)) ;; customer) echo $(($2 + 2)) ;;
+    inventory) echo $(($2 + 3)) ;; reporting) echo $(($2 + 4)) ;;
+  esac
 }
 
 # True if RUN_DIR/NAME.pid names a live process running our binary.
@@ -49,6 +53,9 @@ start() {
       DATABASE_URL="postgres://$role:$role@$PG_HOST/$database" \
       ADMIN_DATABASE_URL="$ADMIN_DATABASE_URL" \
       AMQP_PREFIX="$prefix" \
+      ORDER_ADDR="http://127.0.0.1:$(port_of order "$port_base")" \
+      CUSTOMER_ADDR="http://127.0.0.1:$(port_of customer "$port_base")" \
+      INVENTORY_ADDR="http://127.0.0.1:$(port_of inventory "$port_base")" \
       nohup "$BIN_DIR/$service-service" >"$run_dir/$service.log" 2>&1 &
     echo $! >"$run_dir/$service.pid"
   done

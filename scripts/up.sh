@@ -23,6 +23,7 @@ The system is up (gRPC, plaintext, reflection on):
   order-service      localhost:50051   order.v1.OrderService
   customer-service   localhost:50052   customer.v1.CustomerService
   inventory-service  localhost:50053   inventory.v1.InventoryService
+  reporting-service  localhost:50054   reporting.v1.ReportingService
 Try:  grpcurl -plaintext localhost:50051 list
 Walkthrough: README.md ("Try it"), or `make demo`. Stop with `make down`.
 MSG
