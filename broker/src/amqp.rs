@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    tcp::{OwnedIdentity, OwnedTLSConfig},
+};
 use tokio::sync::Mutex;
 
 use crate::BrokerError;
@@ -21,7 +24,17 @@ pub struct Amqp {
 struct Inner {
     url: String,
     name: String,
+    tls: Tls,
     connection: Mutex<Option<Connection>>,
+}
+
+/// TLS settings for `amqps://` URLs.
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    /// PEM certificates to trust instead of the system's roots.
+    pub ca_pem: Option<String>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Amqp {
@@ -41,6 +54,19 @@ impl Amqp {
             inner: Arc::new(Inner {
                 url: url.into(),
                 name: name.into(),
+                tls: Tls::default(),
+                connection: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The same connection settings with TLS for `amqps://`.
+    pub fn with_tls(self, tls: Tls) -> Self {
+        Amqp {
+            inner: Arc::new(Inner {
+                url: self.inner.url.clone(),
+                name: self.inner.name.clone(),
+                tls,
                 connection: Mutex::new(None),
             }),
         }
@@ -57,7 +83,22 @@ impl Amqp {
         }
         let properties =
             ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
-        let fresh = Connection::connect(&self.inner.url, properties).await?;
+        let tls = OwnedTLSConfig {
+            cert_chain: self.inner.tls.ca_pem.clone(),
+            identity: self
+                .inner
+                .tls
+                .identity
+                .clone()
+                .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
+        };
+        let fresh = Connection::connect_with_config(
+            &self.inner.url,
+            properties,
+            tls,
+            lapin::runtime::default_runtime()?,
+        )
+        .await?;
         tracing::info!(connection = %self.inner.name, "connected to RabbitMQ");
         let channel = fresh.create_channel().await?;
         *connection = Some(fresh);

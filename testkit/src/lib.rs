@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// Every service name, for tearing down whatever a test declared.
+pub mod certs;
+
 const SERVICES: &[&str] = &["order", "customer", "inventory", "reporting"];
 
 /// Superuser URL of the maintenance database.
@@ -185,19 +187,37 @@ impl TestEnv {
         X: clap::Args + clap::FromArgMatches,
         S: clap::Subcommand + clap::FromArgMatches,
     {
-        let database_url = self.url_as(&spec.role(), database);
+        self.config_with(
+            spec,
+            &self.url_as(&spec.role(), database),
+            &amqp_url(),
+            extra,
+        )
+    }
+
+    /// A service's configuration with its own database and AMQP URLs.
+    pub fn config_with<X, S>(
+        &self,
+        spec: &ServiceSpec,
+        database_url: &str,
+        amqp: &str,
+        extra: &[&str],
+    ) -> Config<X, S>
+    where
+        X: clap::Args + clap::FromArgMatches,
+        S: clap::Subcommand + clap::FromArgMatches,
+    {
         let admin = admin_url();
-        let amqp = amqp_url();
         let mut args = vec![
             spec.binary,
             "--grpc-addr",
             "127.0.0.1:0",
             "--database-url",
-            &database_url,
+            database_url,
             "--admin-database-url",
             &admin,
             "--amqp-url",
-            &amqp,
+            amqp,
             "--amqp-prefix",
             &self.prefix,
             "--shutdown-grace",
@@ -220,6 +240,7 @@ impl TestEnv {
         F: FnOnce(Infra, Config<X, S>) -> Fut,
         Fut: Future<Output = anyhow::Result<App>>,
     {
+        let tls = platform::tls::client(&config.settings).expect("TLS settings are valid");
         let infra = Infra::connect(spec, &config)
             .await
             .expect("service connects");
@@ -235,7 +256,7 @@ impl TestEnv {
         eventually(
             &format!("{} to report SERVING", spec.name),
             Duration::from_secs(30),
-            || async { platform::health::check(addr).await.ok() },
+            || async { platform::health::check(addr, tls.clone()).await.ok() },
         )
         .await;
         running

@@ -12,8 +12,9 @@
 //!    savepoint): insert its `message_id` into `inbox` (already there: a
 //!    duplicate, skipped) and run its handler;
 //! 3. commit, then ack. A handler error rolls back its own savepoint only and
-//!    the message is requeued after a backoff, until the queue's delivery limit
-//!    dead-letters it; [`HandlerError::Reject`] dead-letters at once. If the
+//!    the message is requeued after a backoff (meanwhile the deliveries behind
+//!    it go on), until the queue's delivery limit dead-letters it;
+//!    [`HandlerError::Reject`] dead-letters at once. If the
 //!    database itself is unreachable the batch is retried as a whole, without
 //!    spending the messages' delivery attempts.
 
@@ -86,7 +87,7 @@ impl ConsumerConfig {
             prefetch: 256,
             max_batch: 128,
             delivery_limit: 10,
-            max_retry_delay: Duration::from_secs(5),
+            max_retry_delay: Duration::from_secs(2),
         }
     }
 }

@@ -164,6 +164,14 @@ impl QueueWorker {
             return Ok(());
         };
 
+        // The batch is committed; nothing is acked yet. The fault suite crashes
+        // here to prove redelivery is absorbed.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("consumer-after-commit", |_| {
+            tracing::error!("failpoint consumer-after-commit: exiting before the ack");
+            std::process::exit(86)
+        });
+
         let mut retry = Vec::new();
         for (item, outcome) in work.iter().zip(outcomes) {
             match outcome {
@@ -192,22 +200,28 @@ impl QueueWorker {
                 }
             }
         }
-        if let Some(attempts) = retry.iter().map(|d| delivery_count(&d.properties)).max() {
-            // Requeue after a pause; the queue's delivery limit bounds the retries.
-            sleep_or_shutdown(
-                backoff_delay(attempts, self.config.max_retry_delay),
-                shutdown,
-            )
-            .await;
-            for delivery in retry {
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await?;
-            }
+        for delivery in retry {
+            // Requeue after a pause that grows with the attempts, without
+            // holding up the deliveries behind it: the failing message stays
+            // unacked (within the prefetch) until its nack. The queue's
+            // delivery limit bounds the attempts, then dead-letters it.
+            let delay = backoff_delay(
+                delivery_count(&delivery.properties),
+                self.config.max_retry_delay,
+            );
+            let acker = delivery.acker.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                sleep_or_shutdown(delay, &shutdown).await;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                if let Err(error) = acker.nack(requeue).await {
+                    // The channel is gone: the broker requeues it anyway.
+                    tracing::debug!(%error, "could not nack a failed delivery");
+                }
+            });
         }
         Ok(())
     }

@@ -35,6 +35,9 @@ impl Email {
         if trimmed.is_empty() {
             return Err("must not be empty".into());
         }
+        if trimmed.chars().any(platform::api::is_unprintable) {
+            return Err("must not contain control or invisible formatting characters".into());
+        }
         if trimmed.len() > Self::MAX_LEN {
             return Err(format!("must be at most {} bytes", Self::MAX_LEN));
         }

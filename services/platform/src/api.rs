@@ -38,12 +38,27 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+/// Most field violations a status carries. Message and details travel in the
+/// HTTP/2 trailers, which clients cap (16 KiB by default): a request with a
+/// hundred bad lines must still get a clean INVALID_ARGUMENT.
+pub const MAX_VIOLATIONS: usize = 20;
+/// Most violations spelled out in the status message.
+const SUMMARY_VIOLATIONS: usize = 5;
+
 fn summary(violations: &[FieldViolation]) -> String {
-    violations
+    let mut text = violations
         .iter()
+        .take(SUMMARY_VIOLATIONS)
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > SUMMARY_VIOLATIONS {
+        text.push_str(&format!(
+            "; and {} more",
+            violations.len() - SUMMARY_VIOLATIONS
+        ));
+    }
+    text
 }
 
 impl ApiError {
@@ -80,11 +95,22 @@ impl From<PoolError> for ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
-            ApiError::InvalidArgument(violations) => Status::with_error_details(
-                Code::InvalidArgument,
-                format!("invalid request: {}", summary(&violations)),
-                ErrorDetails::with_bad_request(violations),
-            ),
+            ApiError::InvalidArgument(mut violations) => {
+                let message = format!("invalid request: {}", summary(&violations));
+                if violations.len() > MAX_VIOLATIONS {
+                    let more = violations.len() - (MAX_VIOLATIONS - 1);
+                    violations.truncate(MAX_VIOLATIONS - 1);
+                    violations.push(FieldViolation::new(
+                        "",
+                        format!("and {more} more violations"),
+                    ));
+                }
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    message,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
             ApiError::NotFound(message) => Status::not_found(message),
             ApiError::AlreadyExists(message) => Status::already_exists(message),
             ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
@@ -181,11 +207,18 @@ pub fn parse_text(text: &str, max_chars: usize) -> Result<String, String> {
         Err("must not be empty".into())
     } else if trimmed.chars().count() > max_chars {
         Err(format!("must be at most {max_chars} characters"))
-    } else if trimmed.chars().any(char::is_control) {
-        Err("must not contain control characters".into())
+    } else if trimmed.chars().any(is_unprintable) {
+        Err("must not contain control or invisible formatting characters".into())
     } else {
         Ok(trimmed.to_owned())
     }
+}
+
+/// Control characters, and the invisible ones that reorder or hide text
+/// (zero-width, bidirectional overrides, byte-order mark).
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// A protobuf timestamp.
@@ -340,6 +373,37 @@ mod tests {
         assert_eq!(parse_sku("BOOK-1_a.2"), Ok("BOOK-1_a.2"));
         for bad in ["", "a b", "ü", "a/b", &"x".repeat(65)] {
             assert!(parse_sku(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn many_violations_are_capped_so_the_trailers_stay_small() {
+        let mut v = Violations::new();
+        for i in 0..200 {
+            v.add(
+                format!("lines[{i}].quantity"),
+                "must be between 1 and 10000",
+            );
+        }
+        let status = Status::from(ApiError::from(v));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let violations = status
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.len());
+        assert_eq!(violations, Some(MAX_VIOLATIONS));
+        assert!(
+            status.message().ends_with("and 195 more"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().len() < 400);
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_in_text() {
+        for text in ["a\u{202E}b", "a\u{200B}b", "\u{FEFF}a", "a\u{85}b"] {
+            assert!(parse_text(text, 10).is_err(), "{text:?}");
         }
     }
 

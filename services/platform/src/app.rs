@@ -66,7 +66,8 @@ impl Infra {
         if !settings.outbox_notify {
             outbox = outbox.without_notify();
         }
-        let amqp = Amqp::new(settings.amqp_url.clone(), format!("{}-service", spec.name));
+        let amqp = Amqp::new(settings.amqp_url.clone(), format!("{}-service", spec.name))
+            .with_tls(crate::tls::amqp(&settings)?);
         let shutdown = CancellationToken::new();
         Ok(Infra {
             spec,
@@ -114,6 +115,20 @@ impl Infra {
     /// (streams, background tasks) stops on it.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Runs only the outbox relay until `shutdown` (the `relay` command).
+    pub async fn run_relay(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = self.settings.relay_config(self.spec, &self.database_url);
+        let (ready, is_ready) = oneshot::channel();
+        let relay =
+            tokio::spawn(Relay::new(config, self.amqp.clone()).run(shutdown.clone(), ready));
+        if is_ready.await.is_ok() {
+            tracing::info!(service = self.spec.name, "relay running");
+        }
+        relay.await?;
+        self.amqp.close().await;
+        Ok(())
     }
 
     /// Starts describing the server: add the API, then the consumer, then bind.
@@ -251,7 +266,7 @@ impl App {
             workers.spawn(task);
         }
         let mut readiness = Vec::new();
-        if relay {
+        if relay && settings.run_relay {
             let (ready, is_ready) = oneshot::channel();
             readiness.push(is_ready);
             let config = settings.relay_config(spec, &database_url);
@@ -301,7 +316,11 @@ impl App {
             }
         };
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = crate::tls::server(&settings)? {
+            server = server.tls_config(tls)?;
+        }
+        let server = server
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stopping);

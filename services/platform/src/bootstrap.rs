@@ -48,8 +48,13 @@ pub async fn run(admin_url: &str, service_url: &str, schema: &str) -> anyhow::Re
         admin.batch_execute(&format!("CREATE ROLE {role}")).await?;
         tracing::info!(role = %target.role, "role created");
     }
+    // Only a SCRAM verifier leaves this process, never the password itself:
+    // statements end up in client and server logs.
     let password = match &target.password {
-        Some(password) => format!("PASSWORD {}", quote_literal(password)),
+        Some(password) => {
+            let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+            format!("PASSWORD {}", quote_literal(&verifier))
+        }
         None => String::new(),
     };
     admin

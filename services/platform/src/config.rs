@@ -43,6 +43,9 @@ pub enum Command<S: Subcommand = NoCommand> {
     Bootstrap,
     /// Exit 0 if the server at --grpc-addr reports SERVING (container health checks).
     Healthcheck,
+    /// Run only the outbox relay, as a process of its own (serve the rest with
+    /// --run-relay false). Several may run: one publishes, the others stand by.
+    Relay,
     #[command(flatten)]
     Service(S),
 }
@@ -104,9 +107,43 @@ pub struct Settings {
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
+    /// PEM certificate chain of the gRPC server: with --grpc-tls-key, serve TLS.
+    #[arg(long, env = "GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA certificate: require clients to present a certificate it signed
+    /// (mutual TLS).
+    #[arg(long, env = "GRPC_TLS_CLIENT_CA")]
+    pub grpc_tls_client_ca: Option<std::path::PathBuf>,
+
+    /// PEM CA certificate of the gRPC servers this service calls: call them
+    /// over TLS (as a client with --grpc-tls-cert, if set).
+    #[arg(long, env = "GRPC_TLS_CA")]
+    pub grpc_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM CA certificate to trust for `amqps://` (default: the system's roots).
+    #[arg(long, env = "AMQP_TLS_CA")]
+    pub amqp_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for `amqps://` with mutual TLS.
+    #[arg(long, env = "AMQP_TLS_CERT")]
+    pub amqp_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --amqp-tls-cert.
+    #[arg(long, env = "AMQP_TLS_KEY")]
+    pub amqp_tls_key: Option<std::path::PathBuf>,
+
     /// Largest gRPC request accepted, in bytes.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub grpc_max_message_bytes: usize,
+
+    /// Run the outbox relay inside `serve` (false: run `relay` processes instead).
+    #[arg(long, env = "RUN_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_relay: bool,
 
     /// Outbox rows the relay publishes per round.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]

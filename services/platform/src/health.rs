@@ -5,14 +5,14 @@ use std::{
     time::Duration,
 };
 
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
 /// Succeeds if the server at `addr` (a wildcard address means this host)
-/// reports SERVING.
-pub async fn check(addr: SocketAddr) -> anyhow::Result<()> {
+/// reports SERVING; over TLS with `tls`.
+pub async fn check(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> anyhow::Result<()> {
     let mut target = addr;
     if addr.ip().is_unspecified() {
         target.set_ip(match addr.ip() {
@@ -20,11 +20,14 @@ pub async fn check(addr: SocketAddr) -> anyhow::Result<()> {
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         });
     }
-    let channel = Endpoint::from_shared(format!("http://{target}"))?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+        .timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),

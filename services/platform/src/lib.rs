@@ -24,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod health;
 pub mod telemetry;
+pub mod tls;
 
 use std::{future::Future, process::ExitCode};
 
@@ -60,6 +61,9 @@ where
 {
     let config = Config::<X, S>::parse_for(spec);
     telemetry::init(config.settings.log_format);
+    // FAILPOINTS=... configures fault injection; only in fault-suite builds.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,7 +91,14 @@ where
                     })?;
                 bootstrap::run(admin, &config.database_url, spec.schema).await
             }
-            Command::Healthcheck => health::check(config.grpc_addr).await,
+            Command::Healthcheck => {
+                health::check(config.grpc_addr, tls::client(&config.settings)?).await
+            }
+            Command::Relay => {
+                let shutdown = shutdown_on_signal();
+                let infra = Infra::connect(spec, &config).await?;
+                infra.run_relay(shutdown).await
+            }
             Command::Service(command) => {
                 let infra = Infra::connect(spec, &config).await?;
                 run(command, infra, config).await

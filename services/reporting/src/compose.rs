@@ -13,7 +13,10 @@ use dbps::{
 };
 use futures_util::future::join_all;
 use platform::ApiError;
-use tonic::{Code, Request, Status, transport::Endpoint};
+use tonic::{
+    Code, Request, Status,
+    transport::{ClientTlsConfig, Endpoint},
+};
 use uuid::Uuid;
 
 use crate::config::ReportingArgs;
@@ -31,13 +34,16 @@ pub struct Composer {
 }
 
 impl Composer {
-    /// Clients that connect on first use.
-    pub fn new(args: &ReportingArgs) -> anyhow::Result<Self> {
+    /// Clients that connect on first use (over TLS with `tls`).
+    pub fn new(args: &ReportingArgs, tls: Option<ClientTlsConfig>) -> anyhow::Result<Self> {
         let channel = |addr: &str| -> anyhow::Result<tonic::transport::Channel> {
-            Ok(Endpoint::from_shared(addr.to_owned())?
+            let mut endpoint = Endpoint::from_shared(addr.to_owned())?
                 .connect_timeout(args.composition_timeout)
-                .timeout(args.composition_timeout)
-                .connect_lazy())
+                .timeout(args.composition_timeout);
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone())?;
+            }
+            Ok(endpoint.connect_lazy())
         };
         Ok(Composer {
             customers: CustomerServiceClient::new(channel(&args.customer_addr)?),

@@ -8,7 +8,7 @@ use crate::{api::ReportingApi, compose::Composer, config::Config, events};
 /// Builds the reporting service on its connections and binds its port. It
 /// publishes nothing, so it runs no outbox relay.
 pub async fn build(infra: Infra, config: Config) -> anyhow::Result<App> {
-    let composer = Composer::new(&config.extra)?;
+    let composer = Composer::new(&config.extra, platform::tls::client(infra.settings())?)?;
     let api = ReportingServiceServer::new(ReportingApi::new(infra.pool.clone(), composer))
         .max_decoding_message_size(infra.settings().grpc_max_message_bytes);
     let consumer = events::consumer(config.extra.event_log_max_age.clone());
