@@ -28,6 +28,7 @@
 
 pub mod amqp;
 pub mod consumer;
+pub mod dlq;
 pub mod envelope;
 mod error;
 pub mod outbox;
