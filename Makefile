@@ -30,6 +30,12 @@ test: $(VENV)/.installed ## Run every test: unit, gRPC integration, end to end, 
 	cargo test --workspace
 	@scripts/python-client-test.sh
 
+.PHONY: faults
+faults: ## Fault suite R1-R6: real processes, injected faults, reconciliation (stops and restarts the local RabbitMQ and Postgres)
+	@scripts/ensure-infra.sh
+	cargo build --release --features failpoints -p order-service -p customer-service -p inventory-service -p reporting-service
+	cargo run --release -p faults -- --bin-dir target/release $(FAULTS_ARGS)
+
 .PHONY: lint
 lint: ## Formatting, clippy with warnings denied, and buf lint of the contracts
 	cargo fmt --all -- --check

@@ -15,6 +15,9 @@ use tokio::sync::Mutex;
 
 use crate::BrokerError;
 
+/// Longest wait for the broker to accept a connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A shared, lazily (re)connected AMQP connection.
 #[derive(Clone)]
 pub struct Amqp {
@@ -92,13 +95,15 @@ impl Amqp {
                 .clone()
                 .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
         };
-        let fresh = Connection::connect_with_config(
+        let connecting = Connection::connect_with_config(
             &self.inner.url,
             properties,
             tls,
             lapin::runtime::default_runtime()?,
-        )
-        .await?;
+        );
+        let fresh = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| BrokerError::Timeout("connecting to RabbitMQ"))??;
         tracing::info!(connection = %self.inner.name, "connected to RabbitMQ");
         let channel = fresh.create_channel().await?;
         *connection = Some(fresh);
@@ -109,11 +114,15 @@ impl Amqp {
     /// their queues.
     pub async fn close(&self) {
         let connection = self.inner.connection.lock().await.take();
-        if let Some(Err(error)) = match connection {
-            Some(connection) => Some(connection.close(200, "shutting down".into()).await),
-            None => None,
-        } {
-            tracing::debug!(%error, "AMQP connection was already closed");
+        if let Some(connection) = connection {
+            // A broker that is already gone never answers close-ok: do not
+            // let a shutdown wait for it.
+            let closing = connection.close(200, "shutting down".into());
+            match tokio::time::timeout(std::time::Duration::from_secs(5), closing).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "AMQP connection was already closed"),
+                Err(_) => tracing::warn!("the broker did not confirm closing the connection"),
+            }
         }
     }
 }

@@ -18,6 +18,9 @@ pub enum BrokerError {
     /// The relay's LISTEN connection closed.
     #[error("the LISTEN connection closed")]
     ListenerClosed,
+    /// The broker did not answer in time.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
     /// The broker cancelled our consumer (queue deleted, node shutting down).
     #[error("the broker cancelled the consumer")]
     ConsumerCancelled,

@@ -1,0 +1,318 @@
+//! What must hold once the system has settled, checked against the databases
+//! (read as the superuser: the checker, not a service) and the queues:
+//!
+//! * every order a client was told was accepted exists and is decided;
+//! * per order: its points credited once and reversed once iff it did not end
+//!   APPROVED; inventory's decision matches the order's fate;
+//! * per customer: points = 10 % (rounded down) of their APPROVED orders;
+//! * per SKU: reserved = units of APPROVED orders, available + reserved =
+//!   initial stock;
+//! * every outbox row published; every dead-letter queue as expected.
+//!
+//! Missing effects count as lost, effects applied twice as doubled.
+
+use std::collections::{BTreeMap, HashMap};
+
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Bool, Int4, Text},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use lapin::{options::QueueDeclareOptions, types::FieldTable};
+
+use crate::{
+    load::{Accepted, World},
+    stack::{SERVICES, Stack},
+};
+
+/// The verdict of one check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub lost: usize,
+    pub doubled: usize,
+    /// Outbox rows not yet published.
+    pub unpublished: i64,
+    /// Orders still PENDING.
+    pub pending: usize,
+    /// Messages per dead-letter queue.
+    pub dead_letters: BTreeMap<String, u32>,
+    /// What was wrong, first few of each kind.
+    pub notes: Vec<String>,
+}
+
+impl Verdict {
+    /// Nothing lost, nothing doubled, nothing in flight, DLQs as expected.
+    pub fn clean(&self, expected_dead_letters: &BTreeMap<String, u32>) -> bool {
+        self.lost == 0
+            && self.doubled == 0
+            && self.unpublished == 0
+            && self.pending == 0
+            && SERVICES.iter().all(|s| {
+                self.dead_letters.get(*s).copied().unwrap_or(0)
+                    == expected_dead_letters.get(*s).copied().unwrap_or(0)
+            })
+    }
+}
+
+#[derive(QueryableByName)]
+struct OrderRow {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Text)]
+    customer_id: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    total_cents: i64,
+}
+
+#[derive(QueryableByName)]
+struct LineRow {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Text)]
+    sku: String,
+    #[diesel(sql_type = Int4)]
+    quantity: i32,
+}
+
+#[derive(QueryableByName)]
+struct Ledger {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = BigInt)]
+    credited: i64,
+    #[diesel(sql_type = Bool)]
+    reversed: bool,
+}
+
+#[derive(QueryableByName)]
+struct Balance {
+    #[diesel(sql_type = Text)]
+    customer_id: String,
+    #[diesel(sql_type = BigInt)]
+    loyalty_points: i64,
+}
+
+#[derive(QueryableByName)]
+struct Stock {
+    #[diesel(sql_type = Text)]
+    sku: String,
+    #[diesel(sql_type = BigInt)]
+    available: i64,
+    #[diesel(sql_type = BigInt)]
+    reserved: i64,
+}
+
+#[derive(QueryableByName)]
+struct Reservation {
+    #[diesel(sql_type = Text)]
+    order_id: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn note(verdict: &mut Verdict, kind: &str, text: String) {
+    if verdict.notes.iter().filter(|n| n.starts_with(kind)).count() < 3 {
+        verdict.notes.push(format!("{kind}: {text}"));
+    }
+}
+
+/// Checks everything once.
+pub async fn check(stack: &Stack, world: &World, accepted: &[Accepted]) -> anyhow::Result<Verdict> {
+    let mut conn = AsyncPgConnection::establish(&stack.admin_url()).await?;
+    let orders: Vec<OrderRow> = diesel::sql_query(
+        "SELECT order_id::text, customer_id::text, status, total_cents FROM orders.orders",
+    )
+    .load(&mut conn)
+    .await?;
+    let lines: Vec<LineRow> =
+        diesel::sql_query("SELECT order_id::text, sku, quantity FROM orders.order_lines")
+            .load(&mut conn)
+            .await?;
+    let ledger: HashMap<String, (i64, bool)> = diesel::sql_query(
+        "SELECT order_id::text, credited, reversed FROM customers.loyalty_ledger",
+    )
+    .load::<Ledger>(&mut conn)
+    .await?
+    .into_iter()
+    .map(|l| (l.order_id, (l.credited, l.reversed)))
+    .collect();
+    let balances: HashMap<String, i64> =
+        diesel::sql_query("SELECT customer_id::text, loyalty_points FROM customers.customers")
+            .load::<Balance>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|b| (b.customer_id, b.loyalty_points))
+            .collect();
+    let stock: HashMap<String, (i64, i64)> =
+        diesel::sql_query("SELECT sku, available, reserved FROM inventory.products")
+            .load::<Stock>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|s| (s.sku, (s.available, s.reserved)))
+            .collect();
+    let reservations: HashMap<String, String> =
+        diesel::sql_query("SELECT order_id::text, status FROM inventory.reservations")
+            .load::<Reservation>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.order_id, r.status))
+            .collect();
+
+    let mut verdict = Verdict::default();
+    for schema in ["orders", "customers", "inventory"] {
+        let count: Count = diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM {schema}.outbox WHERE published_at IS NULL"
+        ))
+        .get_result(&mut conn)
+        .await?;
+        verdict.unpublished += count.n;
+    }
+
+    // Accepted orders exist and are decided.
+    let by_id: HashMap<&str, &OrderRow> = orders.iter().map(|o| (o.order_id.as_str(), o)).collect();
+    for order in accepted {
+        if !by_id.contains_key(order.order_id.as_str()) {
+            verdict.lost += 1;
+            note(
+                &mut verdict,
+                "accepted order missing",
+                order.order_id.clone(),
+            );
+        }
+    }
+    // Every stored order (also one whose OK a client never saw): its effects.
+    let mut points: HashMap<&str, i64> = HashMap::new();
+    let mut approved_orders: HashMap<&str, bool> = HashMap::new();
+    for order in &orders {
+        let approved = order.status == "APPROVED";
+        approved_orders.insert(&order.order_id, approved);
+        if order.status == "PENDING" {
+            verdict.pending += 1;
+            continue;
+        }
+        let credit = order.total_cents / 10;
+        if approved {
+            *points.entry(&order.customer_id).or_default() += credit;
+        }
+        match ledger.get(&order.order_id) {
+            None => {
+                verdict.lost += 1;
+                note(&mut verdict, "no points credited", order.order_id.clone());
+            }
+            Some((credited, _)) if *credited != credit => {
+                verdict.doubled += 1;
+                note(
+                    &mut verdict,
+                    "wrong credit",
+                    format!("{} {credited} != {credit}", order.order_id),
+                );
+            }
+            Some((_, reversed)) if *reversed == approved => {
+                verdict.lost += 1;
+                note(
+                    &mut verdict,
+                    "reversal wrong",
+                    format!("{} {} reversed={reversed}", order.order_id, order.status),
+                );
+            }
+            Some(_) => {}
+        }
+        let decision = reservations.get(&order.order_id).map(String::as_str);
+        let consistent = match order.status.as_str() {
+            "APPROVED" => decision == Some("RESERVED"),
+            "REJECTED" => decision == Some("REJECTED"),
+            _ => matches!(decision, Some("RELEASED" | "CANCELLED" | "REJECTED")),
+        };
+        if !consistent {
+            verdict.lost += 1;
+            note(
+                &mut verdict,
+                "inventory disagrees",
+                format!("{} {} vs {decision:?}", order.order_id, order.status),
+            );
+        }
+    }
+    for customer in &world.customers {
+        let expected = points.get(customer.as_str()).copied().unwrap_or(0);
+        let actual = balances.get(customer).copied().unwrap_or(0);
+        if actual > expected {
+            verdict.doubled += 1;
+            note(
+                &mut verdict,
+                "points too high",
+                format!("{customer} {actual} > {expected}"),
+            );
+        } else if actual < expected {
+            verdict.lost += 1;
+            note(
+                &mut verdict,
+                "points too low",
+                format!("{customer} {actual} < {expected}"),
+            );
+        }
+    }
+    let mut reserved: HashMap<&str, i64> = HashMap::new();
+    for line in &lines {
+        if approved_orders
+            .get(line.order_id.as_str())
+            .copied()
+            .unwrap_or(false)
+        {
+            *reserved.entry(&line.sku).or_default() += i64::from(line.quantity);
+        }
+    }
+    for (sku, _, initial) in &world.products {
+        let (available, held) = stock.get(sku).copied().unwrap_or((0, 0));
+        let expected = reserved.get(sku.as_str()).copied().unwrap_or(0);
+        if held > expected || available + held > *initial {
+            verdict.doubled += 1;
+            note(
+                &mut verdict,
+                "stock",
+                format!("{sku}: {available} + {held} reserved, expected {expected} of {initial}"),
+            );
+        } else if held < expected || available + held < *initial {
+            verdict.lost += 1;
+            note(
+                &mut verdict,
+                "stock",
+                format!("{sku}: {available} + {held} reserved, expected {expected} of {initial}"),
+            );
+        }
+    }
+
+    // Bounded: a broker that is restarting must not stall the checker.
+    let counting = dead_letters(stack);
+    if let Ok(Ok(counts)) = tokio::time::timeout(std::time::Duration::from_secs(5), counting).await
+    {
+        verdict.dead_letters = counts;
+    }
+    Ok(verdict)
+}
+
+/// Messages in each consumer's dead-letter queue.
+async fn dead_letters(stack: &Stack) -> anyhow::Result<BTreeMap<String, u32>> {
+    let channel = stack.amqp.channel().await?;
+    let mut counts = BTreeMap::new();
+    for consumer in SERVICES {
+        let queue = broker::topology::dead_letter_queue(&stack.prefix, consumer);
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await?;
+        counts.insert(consumer.to_owned(), declared.message_count());
+    }
+    let _ = channel.close(200, "checked".into()).await;
+    Ok(counts)
+}
