@@ -21,6 +21,11 @@ BIN_DIR=$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 ADMIN_DATABASE_URL=${ADMIN_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_HOST=${PG_HOST:-127.0.0.1:5432}
 
+# /metrics: 9091.. for PORT_BASE 50050 (make up), 9191.. for 50150.
+metrics_port_of() {
+  echo $(($(port_of "$1" "$2") - 50050 + 9090))
+}
+
 port_of() {
   case $1 in
     order) echo $(($2 + 1)) ;; customer) echo $(($2 + 2)) ;;
@@ -50,6 +55,7 @@ start() {
     fi
     local role="${service}_svc"
     GRPC_ADDR="127.0.0.1:$(port_of "$service" "$port_base")" \
+      METRICS_ADDR="127.0.0.1:$(metrics_port_of "$service" "$port_base")" \
       DATABASE_URL="postgres://$role:$role@$PG_HOST/$database" \
       ADMIN_DATABASE_URL="$ADMIN_DATABASE_URL" \
       AMQP_PREFIX="$prefix" \
@@ -73,8 +79,8 @@ start() {
     done
   done
   for service in "${SERVICES[@]}"; do
-    printf '  %-18s 127.0.0.1:%s  (log: %s)\n' "$service-service" \
-      "$(port_of "$service" "$port_base")" "$run_dir/$service.log"
+    printf '  %-18s 127.0.0.1:%s  metrics 127.0.0.1:%s/metrics  (log: %s)\n' "$service-service" \
+      "$(port_of "$service" "$port_base")" "$(metrics_port_of "$service" "$port_base")" "$run_dir/$service.log"
   done
 }
 

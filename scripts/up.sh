@@ -24,6 +24,7 @@ The system is up (gRPC, plaintext, reflection on):
   customer-service   localhost:50052   customer.v1.CustomerService
   inventory-service  localhost:50053   inventory.v1.InventoryService
   reporting-service  localhost:50054   reporting.v1.ReportingService
+Metrics: http://localhost:9091/metrics (order), :9092 customer, :9093 inventory, :9094 reporting
 Try:  grpcurl -plaintext localhost:50051 list
 Walkthrough: README.md ("Try it"), or `make demo`. Stop with `make down`.
 MSG

@@ -84,6 +84,41 @@ impl TraceContext {
         &self.trace_id
     }
 
+    /// The trace context of the current `tracing` span, if an OpenTelemetry
+    /// layer tracks it (otherwise `None`: tracing is off).
+    pub fn from_current_span() -> Option<Self> {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let span_context = span.span_context();
+        span_context.is_valid().then(|| TraceContext {
+            trace_id: span_context.trace_id().to_string(),
+            span_id: span_context.span_id().to_string(),
+            sampled: span_context.is_sampled(),
+        })
+    }
+
+    /// This context as the (remote) parent of an OpenTelemetry span.
+    pub fn otel_context(&self) -> opentelemetry::Context {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let span_context = SpanContext::new(
+            TraceId::from_hex(&self.trace_id).unwrap_or(TraceId::INVALID),
+            SpanId::from_hex(&self.span_id).unwrap_or(SpanId::INVALID),
+            flags,
+            true,
+            TraceState::default(),
+        );
+        opentelemetry::Context::new().with_remote_span_context(span_context)
+    }
+
     /// The header value.
     pub fn traceparent(&self) -> String {
         let flags = if self.sampled { "01" } else { "00" };

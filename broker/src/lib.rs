@@ -31,6 +31,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod envelope;
 mod error;
+mod metrics;
 pub mod outbox;
 pub mod pg;
 pub mod relay;

@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    Amqp, BrokerError, backoff_delay, envelope, outbox::notify_channel, pg, schema::inbox,
-    schema::outbox, sleep_or_shutdown, topology,
+    Amqp, BrokerError, backoff_delay, envelope, metrics::RelayMetrics, outbox::notify_channel, pg,
+    schema::inbox, schema::outbox, sleep_or_shutdown, topology,
 };
 
 /// How a relay finds, publishes and cleans up its outbox.
@@ -83,6 +83,17 @@ impl RelayConfig {
     }
 }
 
+/// How often the leader measures the backlog for the metrics.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(QueryableByName)]
+struct Backlog {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    rows: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    oldest_seconds: f64,
+}
+
 /// How often the leader deletes expired outbox and inbox rows.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
@@ -90,6 +101,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 pub struct Relay {
     config: RelayConfig,
     amqp: Amqp,
+    metrics: RelayMetrics,
 }
 
 #[derive(diesel::Queryable, Selectable)]
@@ -119,7 +131,12 @@ struct Round {
 impl Relay {
     /// A relay publishing through `amqp`.
     pub fn new(config: RelayConfig, amqp: Amqp) -> Self {
-        Relay { config, amqp }
+        let metrics = RelayMetrics::new(&config.source);
+        Relay {
+            config,
+            amqp,
+            metrics,
+        }
     }
 
     /// Runs until `shutdown`: declares the exchange (then signals `ready`),
@@ -178,11 +195,16 @@ impl Relay {
         *attempt = 0;
 
         let mut last_housekeeping: Option<Instant> = None;
+        let mut last_backlog: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let round = self.publish_round(&mut conn, &channel).await?;
+            if last_backlog.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
+                self.measure_backlog(&mut conn).await?;
+                last_backlog = Some(Instant::now());
+            }
             if last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
                 self.housekeeping(&mut conn).await?;
                 last_housekeeping = Some(Instant::now());
@@ -218,6 +240,7 @@ impl Relay {
         }
 
         let exchange = topology::exchange(&self.config.prefix, &self.config.source);
+        let started = Instant::now();
         let mut confirms = Vec::with_capacity(rows.len());
         for row in &rows {
             let properties = envelope::properties(
@@ -244,7 +267,11 @@ impl Relay {
 
         let mut confirmed = Vec::with_capacity(rows.len());
         let mut failed = Vec::new();
-        for (row, confirmation) in rows.iter().zip(join_all(confirms).await) {
+        let confirmations = join_all(confirms).await;
+        self.metrics
+            .confirm_seconds
+            .record(started.elapsed().as_secs_f64());
+        for (row, confirmation) in rows.iter().zip(confirmations) {
             match confirmation? {
                 Confirmation::Ack(None) => confirmed.push(row.id),
                 Confirmation::Ack(Some(returned)) => {
@@ -266,6 +293,8 @@ impl Relay {
                 }
             }
         }
+        self.metrics.published.increment(confirmed.len() as u64);
+        self.metrics.failed.increment(failed.len() as u64);
         if !failed.is_empty() {
             // Each failed event waits on its own doubling backoff (1 s to 1 min)
             // and never holds up the events behind it.
@@ -293,6 +322,19 @@ impl Relay {
             fetched: rows.len(),
             published: confirmed.len(),
         })
+    }
+
+    async fn measure_backlog(&self, conn: &mut AsyncPgConnection) -> Result<(), BrokerError> {
+        let backlog: Backlog = diesel::sql_query(
+            "SELECT count(*) AS rows,
+                    coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .get_result(conn)
+        .await?;
+        self.metrics.backlog.set(backlog.rows as f64);
+        self.metrics.oldest_age_seconds.set(backlog.oldest_seconds);
+        Ok(())
     }
 
     async fn housekeeping(&self, conn: &mut AsyncPgConnection) -> Result<(), BrokerError> {

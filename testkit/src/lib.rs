@@ -222,6 +222,8 @@ impl TestEnv {
             &self.prefix,
             "--shutdown-grace",
             "3s",
+            "--metrics-addr",
+            "off",
         ];
         args.extend_from_slice(extra);
         Config::try_parse_for(spec, args).expect("test configuration parses")

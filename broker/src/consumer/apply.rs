@@ -8,6 +8,8 @@ use diesel::ExpressionMethods;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{HandlerError, Job, Meta, Route};
@@ -34,6 +36,7 @@ pub(super) struct Work {
 pub(super) struct Decoded {
     pub(super) event_id: Uuid,
     pub(super) occurred_at: Option<DateTime<Utc>>,
+    trace: TraceContext,
     job: Box<dyn Job>,
 }
 
@@ -81,19 +84,18 @@ impl Applier {
             .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
             .map(|time| time.with_timezone(&Utc));
         let trace = TraceContext::continue_or_start(header_str(properties, TRACEPARENT));
+        let meta = Meta {
+            event_id,
+            occurred_at,
+            trace: trace.clone(),
+        };
         let job = route
-            .decode(
-                &delivery.data,
-                Meta {
-                    event_id,
-                    occurred_at,
-                    trace,
-                },
-            )
+            .decode(&delivery.data, meta)
             .map_err(|error| format!("undecodable payload: {error}"))?;
         Ok(Decoded {
             event_id,
             occurred_at,
+            trace,
             job,
         })
     }
@@ -141,7 +143,15 @@ impl Applier {
                                 .await?
                                 == 1;
                             if fresh {
-                                item.decoded.job.run(conn).await?;
+                                // A span per event, a child of the span that
+                                // wrote it: one trace from request to effect.
+                                let span = tracing::info_span!(
+                                    "apply",
+                                    event_type = %item.delivery.routing_key,
+                                    event_id = %item.decoded.event_id,
+                                );
+                                let _ = span.set_parent(item.decoded.trace.otel_context());
+                                item.decoded.job.run(conn).instrument(span).await?;
                             }
                             Ok(fresh)
                         })

@@ -205,6 +205,7 @@ impl Consumer {
                 amqp: amqp.clone(),
                 config: config.clone(),
                 event_log: self.event_log.clone(),
+                metrics: crate::metrics::ConsumerMetrics::new(&name, source),
             };
             workers.push(tokio::spawn(worker.run(shutdown.clone(), queue_ready)));
         }

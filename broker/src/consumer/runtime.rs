@@ -19,7 +19,8 @@ use super::{
     apply::{Applier, Outcome, Work},
 };
 use crate::{
-    Amqp, BrokerError, backoff_delay, envelope::delivery_count, sleep_or_shutdown, topology,
+    Amqp, BrokerError, backoff_delay, envelope::delivery_count, metrics::ConsumerMetrics,
+    sleep_or_shutdown, topology,
 };
 
 /// Consumes one `<prefix>.<consumer>.<source>` queue.
@@ -30,6 +31,7 @@ pub(super) struct QueueWorker {
     pub(super) amqp: Amqp,
     pub(super) config: ConsumerConfig,
     pub(super) event_log: Option<EventLog>,
+    pub(super) metrics: ConsumerMetrics,
 }
 
 impl QueueWorker {
@@ -147,6 +149,7 @@ impl QueueWorker {
                         reason,
                         "message cannot be applied; dead-lettered"
                     );
+                    self.metrics.dead_lettered.increment(1);
                     delivery
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
@@ -158,7 +161,13 @@ impl QueueWorker {
             return Ok(());
         }
 
-        let Some(outcomes) = self.applier.apply_until_done(&work, shutdown).await else {
+        self.metrics.batch_size.record(work.len() as f64);
+        let started = std::time::Instant::now();
+        let applied = self.applier.apply_until_done(&work, shutdown).await;
+        self.metrics
+            .apply_seconds
+            .record(started.elapsed().as_secs_f64());
+        let Some(outcomes) = applied else {
             // Shutting down while the database is away: the deliveries return
             // to the queue when the channel closes.
             return Ok(());
@@ -176,6 +185,7 @@ impl QueueWorker {
         for (item, outcome) in work.iter().zip(outcomes) {
             match outcome {
                 Outcome::Applied => {
+                    self.metrics.applied.increment(1);
                     let lag_ms = item
                         .decoded
                         .occurred_at
@@ -184,10 +194,12 @@ impl QueueWorker {
                     item.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 Outcome::Duplicate => {
+                    self.metrics.duplicate.increment(1);
                     tracing::debug!(event_id = %item.decoded.event_id, "duplicate delivery skipped");
                     item.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 Outcome::Rejected(reason) => {
+                    self.metrics.dead_lettered.increment(1);
                     tracing::error!(event_id = %item.decoded.event_id, event_type = %item.delivery.routing_key, reason, "handler rejected the event; dead-lettered");
                     item.delivery
                         .acker
@@ -195,6 +207,7 @@ impl QueueWorker {
                         .await?;
                 }
                 Outcome::Failed(error) => {
+                    self.metrics.retried.increment(1);
                     tracing::warn!(event_id = %item.decoded.event_id, event_type = %item.delivery.routing_key, error, "handler failed; will be redelivered");
                     retry.push(&item.delivery);
                 }

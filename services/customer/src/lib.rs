@@ -25,6 +25,7 @@ pub static SERVICE: ServiceSpec = ServiceSpec {
     binary: "customer-service",
     about: "Customers and their loyalty points, over gRPC",
     schema: "customers",
+    metrics_port: 9092,
     grpc_port: 50052,
     migrations: embed_migrations!("migrations"),
 };

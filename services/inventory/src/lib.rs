@@ -24,6 +24,7 @@ pub static SERVICE: ServiceSpec = ServiceSpec {
     binary: "inventory-service",
     about: "The catalog and the stock, over gRPC",
     schema: "inventory",
+    metrics_port: 9093,
     grpc_port: 50053,
     migrations: embed_migrations!("migrations"),
 };

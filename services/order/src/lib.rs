@@ -29,6 +29,7 @@ pub static SERVICE: ServiceSpec = ServiceSpec {
     binary: "order-service",
     about: "Orders, priced against local replicas of customers and the catalog, over gRPC",
     schema: "orders",
+    metrics_port: 9091,
     grpc_port: 50051,
     migrations: embed_migrations!("migrations"),
 };

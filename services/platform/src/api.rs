@@ -296,9 +296,13 @@ impl Page {
     }
 }
 
-/// The trace context of a request: continues the caller's `traceparent`
-/// metadata if valid, else starts a trace.
+/// The trace context of a request: the current span's when traces are on
+/// (it already continues the caller's), else the caller's `traceparent`
+/// metadata continued, else a new trace.
 pub fn trace_context<T>(request: &Request<T>) -> TraceContext {
+    if let Some(current) = TraceContext::from_current_span() {
+        return current;
+    }
     TraceContext::continue_or_start(
         request
             .metadata()

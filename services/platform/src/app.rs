@@ -320,8 +320,14 @@ impl App {
         if let Some(tls) = crate::tls::server(&settings)? {
             server = server.tls_config(tls)?;
         }
+        workers.spawn(crate::metrics::watch_pool(
+            spec.name,
+            pool.clone(),
+            shutdown.clone(),
+        ));
         let server = server
-            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+            .trace_fn(grpc_span)
+            .layer(crate::metrics::GrpcMetrics::new(spec.name))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stopping);
         let mut server = std::pin::pin!(server);
@@ -360,6 +366,21 @@ fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'stat
         builder = builder.with_service_name(*name);
     }
     builder
+}
+
+/// The span of one gRPC call, a child of the caller's `traceparent` if any.
+fn grpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!("grpc", method = %request.uri().path());
+    let parent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(broker::TraceContext::parse);
+    if let Some(parent) = parent {
+        let _ = span.set_parent(parent.otel_context());
+    }
+    span
 }
 
 async fn set_status(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {

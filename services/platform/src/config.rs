@@ -17,6 +17,8 @@ pub struct ServiceSpec {
     pub schema: &'static str,
     /// Default gRPC port.
     pub grpc_port: u16,
+    /// Default port of `/metrics`.
+    pub metrics_port: u16,
     /// Its own diesel migrations, run after the broker's outbox/inbox ones.
     pub migrations: EmbeddedMigrations,
 }
@@ -64,6 +66,10 @@ pub struct Config<X: Args = NoExtra, S: Subcommand = NoCommand> {
     /// Address the gRPC server listens on.
     #[arg(long, env = "GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
+
+    /// Address of the Prometheus `/metrics` endpoint, or `off`.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: String,
 
     /// This service's own database, as its own role
     /// [default: postgres://<service>_svc:<service>_svc@127.0.0.1:5432/dbps].
@@ -180,6 +186,11 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
+    /// unset: no traces exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Settings {
@@ -213,6 +224,20 @@ pub enum LogFormat {
     Json,
 }
 
+impl<X: Args, S: Subcommand> Config<X, S> {
+    /// Where to serve `/metrics`, unless `off`.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.metrics_addr.as_str() {
+            "off" | "" => Ok(None),
+            addr => {
+                Ok(Some(addr.parse().map_err(|e| {
+                    anyhow::anyhow!("METRICS_ADDR {addr:?}: {e}")
+                })?))
+            }
+        }
+    }
+}
+
 impl<X: Args + FromArgMatches, S: Subcommand + FromArgMatches> Config<X, S> {
     /// Parses the process arguments with `spec`'s name and defaults.
     pub fn parse_for(spec: &ServiceSpec) -> Self {
@@ -231,6 +256,10 @@ impl<X: Args + FromArgMatches, S: Subcommand + FromArgMatches> Config<X, S> {
             .mut_arg("grpc_addr", |arg| {
                 arg.required(false)
                     .default_value(format!("0.0.0.0:{}", spec.grpc_port))
+            })
+            .mut_arg("metrics_addr", |arg| {
+                arg.required(false)
+                    .default_value(format!("0.0.0.0:{}", spec.metrics_port))
             })
             .mut_arg("database_url", |arg| {
                 arg.required(false)
@@ -265,6 +294,7 @@ mod tests {
         about: "test",
         schema: "orders",
         grpc_port: 50051,
+        metrics_port: 9091,
         migrations: diesel_migrations::embed_migrations!("../../broker/migrations"),
     };
 

@@ -23,6 +23,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod metrics;
 pub mod telemetry;
 pub mod tls;
 
@@ -60,24 +61,25 @@ where
     RFut: Future<Output = anyhow::Result<()>>,
 {
     let config = Config::<X, S>::parse_for(spec);
-    telemetry::init(config.settings.log_format);
     // FAILPOINTS=... configures fault injection; only in fault-suite builds.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
+    else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
+        let service = format!("{}-service", spec.name);
+        let otlp = config.settings.otlp_endpoint.as_deref();
+        let _telemetry = telemetry::init(config.settings.log_format, otlp, &service)?;
         match config.command.clone().unwrap_or_default() {
             Command::Serve => {
                 let shutdown = shutdown_on_signal();
+                if let Some(addr) = config.metrics_addr()? {
+                    metrics::install(addr)?;
+                }
                 let infra = Infra::connect(spec, &config).await?;
                 build(infra, config).await?.run(shutdown).await
             }
@@ -96,6 +98,9 @@ where
             }
             Command::Relay => {
                 let shutdown = shutdown_on_signal();
+                if let Some(addr) = config.metrics_addr()? {
+                    metrics::install(addr)?;
+                }
                 let infra = Infra::connect(spec, &config).await?;
                 infra.run_relay(shutdown).await
             }

@@ -29,6 +29,7 @@ pub static SERVICE: ServiceSpec = ServiceSpec {
     binary: "reporting-service",
     about: "Read models of every event, and live API composition, over gRPC",
     schema: "reporting",
+    metrics_port: 9094,
     grpc_port: 50054,
     migrations: embed_migrations!("migrations"),
 };

@@ -123,6 +123,7 @@ impl Stack {
                 format!("http://127.0.0.1:{}", self.ports["inventory"]),
             )
             .env("SHUTDOWN_GRACE", "5s")
+            .env("METRICS_ADDR", "off")
             .env("RUST_LOG", "info")
             .env_remove("FAILPOINTS")
             .stdin(Stdio::null())
