@@ -1,13 +1,16 @@
-//! Writing events into the outbox, inside the caller's transaction.
+//! Writing events into the outbox, inside the caller's transaction, and
+//! waking the relay once it committed.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use diesel::{ExpressionMethods, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{TraceContext, envelope, schema::outbox};
+use crate::{TraceContext, backoff_delay, envelope, pg, schema::outbox, sleep_or_shutdown};
 
 /// The NOTIFY channel a schema's relay listens on.
 pub fn notify_channel(schema: &str) -> String {
@@ -19,27 +22,48 @@ pub fn notify_channel(schema: &str) -> String {
 /// Call [`Outbox::enqueue`] inside the same diesel transaction as the business
 /// change the event describes, after locking or updating the aggregate's row:
 /// the event then exists if and only if the change committed, and events of one
-/// aggregate get outbox ids in commit order.
+/// aggregate get outbox ids in commit order. After the commit, call
+/// [`Outbox::committed`] to wake the relay at once; without it the relay finds
+/// the events on its fallback poll.
+///
+/// Why after the commit and not `pg_notify` in the transaction: Postgres makes
+/// every notifying transaction of a database take one lock until its commit
+/// is flushed, so notifying writers commit one at a time and lose group commit.
+/// Waking after the commit costs the same latency, no lock; a crash between
+/// commit and wake-up only delays the events to the next poll.
 #[derive(Clone, Debug)]
 pub struct Outbox {
     source: Arc<str>,
-    channel: Option<Arc<str>>,
+    wake: Option<Arc<Wake>>,
+}
+
+#[derive(Debug)]
+struct Wake {
+    /// The relay of this process.
+    local: Notify,
+    /// The notifier task, which sends one NOTIFY for relays elsewhere.
+    remote: Notify,
+    channel: String,
 }
 
 impl Outbox {
-    /// An outbox for service `source` whose tables live in `schema`; each
-    /// enqueue wakes the relay with `pg_notify` on commit.
+    /// An outbox for service `source` whose tables live in `schema`.
     pub fn new(source: &str, schema: &str) -> Self {
+        let wake = Wake {
+            local: Notify::new(),
+            remote: Notify::new(),
+            channel: notify_channel(schema),
+        };
         Outbox {
             source: source.into(),
-            channel: Some(notify_channel(schema).into()),
+            wake: Some(Arc::new(wake)),
         }
     }
 
-    /// The same outbox without `pg_notify`: the relay then finds events only
-    /// by its fallback poll (for measuring what NOTIFY is worth).
+    /// The same outbox that never wakes the relay: it then finds events only
+    /// by its fallback poll (for measuring what waking is worth).
     pub fn without_notify(mut self) -> Self {
-        self.channel = None;
+        self.wake = None;
         self
     }
 
@@ -49,10 +73,11 @@ impl Outbox {
     }
 
     /// Records `event` for publication and returns its ID (the AMQP
-    /// `message_id`). Must run inside the caller's transaction.
+    /// `message_id`). Must run inside the caller's transaction; takes a
+    /// shared connection so that it can be pipelined with the other writes.
     pub async fn enqueue<E: dbps::Event>(
         &self,
-        conn: &mut AsyncPgConnection,
+        conn: &AsyncPgConnection,
         event: &E,
         trace: &TraceContext,
     ) -> diesel::QueryResult<Uuid> {
@@ -72,16 +97,68 @@ impl Outbox {
                 outbox::payload.eq(event.encode_to_vec()),
                 outbox::headers.eq(headers),
             ))
-            .execute(conn)
+            .execute(&mut &*conn)
             .await?;
-        if let Some(channel) = &self.channel {
-            // Delivered at commit, and only if the transaction commits.
-            diesel::sql_query("SELECT pg_notify($1, '')")
-                .bind::<Text, _>(&**channel)
-                .execute(conn)
-                .await?;
-        }
         tracing::debug!(%event_id, event_type = E::TYPE, aggregate_id = event.aggregate_id(), "event enqueued");
         Ok(event_id)
+    }
+
+    /// Wakes the relay after a transaction that enqueued events committed:
+    /// the one in this process directly, others through a NOTIFY that the
+    /// [`Outbox::run_notifier`] task sends (many commits, one NOTIFY).
+    pub fn committed(&self) {
+        if let Some(wake) = &self.wake {
+            wake.local.notify_one();
+            wake.remote.notify_one();
+        }
+    }
+
+    /// Resolves when [`Outbox::committed`] was called in this process since
+    /// the last time; never if waking is off.
+    pub(crate) async fn woken(&self) {
+        match &self.wake {
+            Some(wake) => wake.local.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sends a NOTIFY on the outbox's channel after commits, on a connection
+    /// of its own, until `shutdown`: relays in other processes (standbys, a
+    /// relay run as its own process) then wake as fast as this process's.
+    pub async fn run_notifier(
+        self,
+        database_url: String,
+        schema: String,
+        shutdown: CancellationToken,
+    ) {
+        let Some(wake) = self.wake else { return };
+        let mut attempt = 0;
+        loop {
+            let failure = async {
+                let mut conn = pg::connect(&database_url, &schema).await?;
+                attempt = 0;
+                loop {
+                    tokio::select! {
+                        _ = wake.remote.notified() => {}
+                        _ = shutdown.cancelled() => return Ok::<(), crate::BrokerError>(()),
+                    }
+                    diesel::sql_query("SELECT pg_notify($1, '')")
+                        .bind::<Text, _>(&wake.channel)
+                        .execute(&mut conn)
+                        .await?;
+                }
+            };
+            match failure.await {
+                Ok(()) => return,
+                Err(error) => {
+                    let delay = backoff_delay(attempt, Duration::from_secs(10));
+                    attempt += 1;
+                    tracing::warn!(%error, retry_in = ?delay, "outbox notifier lost its connection");
+                    if !sleep_or_shutdown(delay, &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }

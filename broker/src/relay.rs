@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    Amqp, BrokerError, backoff_delay, envelope, metrics::RelayMetrics, outbox::notify_channel, pg,
-    schema::inbox, schema::outbox, sleep_or_shutdown, topology,
+    Amqp, BrokerError, Outbox, backoff_delay, envelope, metrics::RelayMetrics,
+    outbox::notify_channel, pg, schema::inbox, schema::outbox, sleep_or_shutdown, topology,
 };
 
 /// How a relay finds, publishes and cleans up its outbox.
@@ -102,6 +102,7 @@ pub struct Relay {
     config: RelayConfig,
     amqp: Amqp,
     metrics: RelayMetrics,
+    outbox: Option<Outbox>,
 }
 
 #[derive(diesel::Queryable, Selectable)]
@@ -136,7 +137,15 @@ impl Relay {
             config,
             amqp,
             metrics,
+            outbox: None,
         }
+    }
+
+    /// Also wakes when `outbox` (this process's writer) reports a commit,
+    /// without waiting for a NOTIFY.
+    pub fn woken_by(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// Runs until `shutdown`: declares the exchange (then signals `ready`),
@@ -212,7 +221,14 @@ impl Relay {
             if round.fetched as i64 == config.batch_size {
                 continue;
             }
-            if !wait_for_work(&mut conn, config.poll_interval, shutdown).await? {
+            if !wait_for_work(
+                &mut conn,
+                self.outbox.as_ref(),
+                config.poll_interval,
+                shutdown,
+            )
+            .await?
+            {
                 return Ok(());
             }
         }
@@ -368,14 +384,23 @@ async fn try_lock(conn: &mut AsyncPgConnection, schema: &str) -> Result<bool, Br
     Ok(row.locked)
 }
 
-/// Waits for a NOTIFY, the poll interval or shutdown; false on shutdown.
+/// Waits for a commit in this process, a NOTIFY, the poll interval or
+/// shutdown; false on shutdown.
 async fn wait_for_work(
     conn: &mut AsyncPgConnection,
+    local: Option<&Outbox>,
     poll: Duration,
     shutdown: &CancellationToken,
 ) -> Result<bool, BrokerError> {
     let mut notifications = pin!(conn.notifications_stream());
+    let woken = async {
+        match local {
+            Some(outbox) => outbox.woken().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        _ = woken => Ok(true),
         notification = notifications.next() => match notification {
             Some(Ok(_)) => {
                 // Many commits, one round: drain what is already queued.

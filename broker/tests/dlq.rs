@@ -135,13 +135,9 @@ impl Fixture {
     /// Records an event through the outbox (real envelope and headers);
     /// returns its message ID.
     async fn publish(&self, customer_id: &str) -> Uuid {
-        let mut conn = broker::pg::connect(&self.url, SCHEMA).await.unwrap();
+        let conn = broker::pg::connect(&self.url, SCHEMA).await.unwrap();
         self.outbox
-            .enqueue(
-                &mut conn,
-                &registered(customer_id),
-                &TraceContext::new_root(),
-            )
+            .enqueue(&conn, &registered(customer_id), &TraceContext::new_root())
             .await
             .unwrap()
     }

@@ -1,11 +1,15 @@
 //! Decoding deliveries and applying them exactly once: shared by the live
 //! queue consumers and the event-log replay.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use diesel::ExpressionMethods;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -55,6 +59,8 @@ enum Abort {
     Unavailable(diesel::result::Error),
     /// Any other failure of the transaction itself (e.g. at commit).
     Database(diesel::result::Error),
+    /// A handler failed: the transaction rolls back.
+    Handler(HandlerError),
 }
 
 impl From<diesel::result::Error> for Abort {
@@ -122,64 +128,138 @@ impl Applier {
         }
     }
 
-    /// One transaction: per delivery a savepoint with the inbox insert and the
-    /// handler. Errs only when the database is unreachable.
+    /// Applies the batch in one transaction. Errs only when the database is
+    /// unreachable.
+    ///
+    /// The fast path records every event in the inbox with one insert and runs
+    /// the handlers of those not seen before, with no savepoints. Should one
+    /// handler fail, that transaction rolls back and the batch is applied
+    /// again with a savepoint per delivery, so only the failing one is undone.
     async fn apply(&self, work: &[Work]) -> Result<Vec<Outcome>, BrokerError> {
         let mut conn = self.pool.get().await?;
-        let result = conn
+        let fast = conn
+            .transaction::<_, Abort, _>(async |conn| apply_all(conn, work).await)
+            .await;
+        match fast {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(Abort::Unavailable(error)) => return Err(error.into()),
+            // A lone delivery's transaction was its savepoint.
+            Err(Abort::Handler(error)) if work.len() == 1 => {
+                return Ok(vec![Outcome::failed(error)]);
+            }
+            Err(Abort::Handler(_)) => {}
+            Err(Abort::Database(error)) => return Ok(failed_commit(&error, work.len())),
+        }
+        let careful = conn
             .transaction::<_, Abort, _>(async |conn| {
                 let mut outcomes = Vec::with_capacity(work.len());
                 for item in work {
-                    // A savepoint: a failing handler undoes only its own writes.
                     let applied = conn
-                        .transaction::<_, HandlerError, _>(async |conn| {
-                            let fresh = diesel::insert_into(inbox::table)
-                                .values((
-                                    inbox::message_id.eq(item.decoded.event_id),
-                                    inbox::event_type.eq(item.delivery.routing_key.as_str()),
-                                ))
-                                .on_conflict_do_nothing()
-                                .execute(conn)
-                                .await?
-                                == 1;
-                            if fresh {
-                                // A span per event, a child of the span that
-                                // wrote it: one trace from request to effect.
-                                let span = tracing::info_span!(
-                                    "apply",
-                                    event_type = %item.delivery.routing_key,
-                                    event_id = %item.decoded.event_id,
-                                );
-                                let _ = span.set_parent(item.decoded.trace.otel_context());
-                                item.decoded.job.run(conn).instrument(span).await?;
-                            }
-                            Ok(fresh)
-                        })
+                        .transaction::<_, HandlerError, _>(async |conn| apply_one(conn, item).await)
                         .await;
                     outcomes.push(match applied {
-                        Ok(true) => Outcome::Applied,
-                        Ok(false) => Outcome::Duplicate,
-                        Err(HandlerError::Reject(reason)) => Outcome::Rejected(reason),
+                        Ok(fresh) => Outcome::fresh(fresh),
                         Err(HandlerError::Database(error)) if pg::is_connection_error(&error) => {
                             return Err(Abort::Unavailable(error));
                         }
-                        Err(error @ HandlerError::Database(_)) => {
-                            Outcome::Failed(error.to_string())
-                        }
+                        Err(error) => Outcome::failed(error),
                     });
                 }
                 Ok(outcomes)
             })
             .await;
-        match result {
+        match careful {
             Ok(outcomes) => Ok(outcomes),
             Err(Abort::Unavailable(error)) => Err(error.into()),
-            Err(Abort::Database(error)) => {
-                Ok(vec![
-                    Outcome::Failed(format!("transaction failed: {error}"));
-                    work.len()
-                ])
-            }
+            Err(Abort::Handler(error)) => Ok(vec![Outcome::failed(error); work.len()]),
+            Err(Abort::Database(error)) => Ok(failed_commit(&error, work.len())),
+        }
+    }
+}
+
+fn failed_commit(error: &diesel::result::Error, n: usize) -> Vec<Outcome> {
+    vec![Outcome::Failed(format!("transaction failed: {error}")); n]
+}
+
+/// The fast path: one inbox insert for the batch, then the handler of every
+/// event it recorded. A repeated message ID within the batch counts once.
+async fn apply_all(conn: &mut AsyncPgConnection, work: &[Work]) -> Result<Vec<Outcome>, Abort> {
+    let rows: Vec<_> = work
+        .iter()
+        .map(|item| {
+            (
+                inbox::message_id.eq(item.decoded.event_id),
+                inbox::event_type.eq(item.delivery.routing_key.as_str()),
+            )
+        })
+        .collect();
+    let mut fresh: HashSet<Uuid> = diesel::insert_into(inbox::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(inbox::message_id)
+        .get_results(conn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut outcomes = Vec::with_capacity(work.len());
+    for item in work {
+        if fresh.remove(&item.decoded.event_id) {
+            run_handler(conn, item).await.map_err(|error| match error {
+                HandlerError::Database(error) if pg::is_connection_error(&error) => {
+                    Abort::Unavailable(error)
+                }
+                error => Abort::Handler(error),
+            })?;
+            outcomes.push(Outcome::Applied);
+        } else {
+            outcomes.push(Outcome::Duplicate);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The inbox insert and, for an event not seen before, its handler. True if
+/// applied, false if a duplicate.
+async fn apply_one(conn: &mut AsyncPgConnection, item: &Work) -> Result<bool, HandlerError> {
+    let fresh = diesel::insert_into(inbox::table)
+        .values((
+            inbox::message_id.eq(item.decoded.event_id),
+            inbox::event_type.eq(item.delivery.routing_key.as_str()),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?
+        == 1;
+    if fresh {
+        run_handler(conn, item).await?;
+    }
+    Ok(fresh)
+}
+
+/// Runs the event's handler in a span that continues the event's trace.
+async fn run_handler(conn: &mut AsyncPgConnection, item: &Work) -> Result<(), HandlerError> {
+    let span = tracing::info_span!(
+        "apply",
+        event_type = %item.delivery.routing_key,
+        event_id = %item.decoded.event_id,
+    );
+    let _ = span.set_parent(item.decoded.trace.otel_context());
+    item.decoded.job.run(conn).instrument(span).await
+}
+
+impl Outcome {
+    fn fresh(fresh: bool) -> Outcome {
+        if fresh {
+            Outcome::Applied
+        } else {
+            Outcome::Duplicate
+        }
+    }
+
+    fn failed(error: HandlerError) -> Outcome {
+        match error {
+            HandlerError::Reject(reason) => Outcome::Rejected(reason),
+            error @ HandlerError::Database(_) => Outcome::Failed(error.to_string()),
         }
     }
 }

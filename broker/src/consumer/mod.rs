@@ -8,12 +8,14 @@
 //! 1. decode by routing key; an unknown type, a missing or non-UUID
 //!    `message_id` or an undecodable payload is rejected straight to the
 //!    dead-letter queue;
-//! 2. in one transaction per batch of ready deliveries, for each one (in a
-//!    savepoint): insert its `message_id` into `inbox` (already there: a
-//!    duplicate, skipped) and run its handler;
-//! 3. commit, then ack. A handler error rolls back its own savepoint only and
-//!    the message is requeued after a backoff (meanwhile the deliveries behind
-//!    it go on), until the queue's delivery limit dead-letters it;
+//! 2. in one transaction per batch of ready deliveries: insert their
+//!    `message_id`s into `inbox` with one statement (those already there are
+//!    duplicates, skipped) and run the handler of each new one;
+//! 3. commit, then ack. If a handler fails, the batch is applied again with a
+//!    savepoint per delivery, so the error rolls back that delivery's inbox
+//!    row and writes only; its message is requeued after a backoff (meanwhile
+//!    the deliveries behind it go on), until the queue's delivery limit
+//!    dead-letters it;
 //!    [`HandlerError::Reject`] dead-letters at once. If the
 //!    database itself is unreachable the batch is retried as a whole, without
 //!    spending the messages' delivery attempts.
@@ -98,6 +100,7 @@ pub struct Consumer {
     /// source service → routing key → route
     routes: BTreeMap<&'static str, BTreeMap<&'static str, Arc<dyn Route>>>,
     event_log: Option<EventLog>,
+    wakes: Option<crate::Outbox>,
 }
 
 /// Keep an event log (see [`Consumer::with_event_log`]).
@@ -125,6 +128,7 @@ impl Consumer {
             name: name.into(),
             routes: BTreeMap::new(),
             event_log: None,
+            wakes: None,
         }
     }
 
@@ -168,6 +172,13 @@ impl Consumer {
         self
     }
 
+    /// After a batch that applied events commits, wakes the relay of
+    /// `outbox` (handlers that write events write them there).
+    pub fn wakes(mut self, outbox: crate::Outbox) -> Self {
+        self.wakes = Some(outbox);
+        self
+    }
+
     /// The consumer's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -206,6 +217,7 @@ impl Consumer {
                 config: config.clone(),
                 event_log: self.event_log.clone(),
                 metrics: crate::metrics::ConsumerMetrics::new(&name, source),
+                wakes: self.wakes.clone(),
             };
             workers.push(tokio::spawn(worker.run(shutdown.clone(), queue_ready)));
         }

@@ -32,6 +32,7 @@ pub(super) struct QueueWorker {
     pub(super) config: ConsumerConfig,
     pub(super) event_log: Option<EventLog>,
     pub(super) metrics: ConsumerMetrics,
+    pub(super) wakes: Option<crate::Outbox>,
 }
 
 impl QueueWorker {
@@ -180,6 +181,12 @@ impl QueueWorker {
             tracing::error!("failpoint consumer-after-commit: exiting before the ack");
             std::process::exit(86)
         });
+
+        if let Some(outbox) = &self.wakes
+            && outcomes.iter().any(|o| matches!(o, Outcome::Applied))
+        {
+            outbox.committed();
+        }
 
         let mut retry = Vec::new();
         for (item, outcome) in work.iter().zip(outcomes) {

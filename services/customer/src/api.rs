@@ -63,7 +63,10 @@ impl CustomerApi {
             })
             .await;
         match result {
-            Ok(row) => Ok(row),
+            Ok(row) => {
+                self.outbox.committed();
+                Ok(row)
+            }
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Err(
                 ApiError::AlreadyExists(format!("a customer with email {} exists", email.as_str())),
             ),

@@ -16,6 +16,7 @@ use dbps::{
     order::v1::{OrderCancelled, OrderCreated, OrderRejected},
 };
 use diesel_async::AsyncPgConnection;
+use futures_util::try_join;
 use platform::api::timestamp;
 use uuid::Uuid;
 
@@ -74,34 +75,49 @@ async fn move_points(
 ) -> Result<(), HandlerError> {
     let order_id = parse(&order_id, "order_id")?;
     let customer_id = parse(&customer_id, "customer_id")?;
-    // Every change of a customer's points locks the customer first.
-    if !customers::lock(conn, customer_id).await? {
+    let conn: &AsyncPgConnection = conn;
+    // Every change of a customer's points locks the customer first. The
+    // ledger read is pipelined behind the lock: the server runs it once the
+    // lock is held, so it sees what the previous holder committed.
+    let (points, current) = try_join!(
+        customers::lock(conn, customer_id),
+        ledger::lock(conn, order_id)
+    )?;
+    let Some(points) = points else {
         return Err(HandlerError::Reject(format!(
             "unknown customer {customer_id}"
         )));
-    }
-    let current = ledger::lock(conn, order_id).await?;
+    };
     let Some((next, delta)) = apply_points(current, event) else {
         tracing::info!(%order_id, ?event, "points for this order already settled");
         return Ok(());
     };
-    match current {
-        None => ledger::insert(conn, order_id, customer_id, next).await?,
-        Some(_) => ledger::update(conn, order_id, next).await?,
+    let entry = async {
+        match current {
+            None => ledger::insert(conn, order_id, customer_id, next).await,
+            Some(_) => ledger::update(conn, order_id, next).await,
+        }
+    };
+    if delta == 0 {
+        entry.await?;
+        return Ok(());
     }
-    if delta != 0 {
-        let (balance, version) = customers::add_points(conn, customer_id, delta).await?;
-        let changed = LoyaltyPointsChanged {
-            customer_id: customer_id.to_string(),
-            order_id: order_id.to_string(),
-            delta,
-            balance,
-            changed_at: Some(timestamp(Utc::now())),
-            version,
-        };
-        outbox.enqueue(conn, &changed, &trace).await?;
-        tracing::info!(%order_id, %customer_id, delta, balance, "loyalty points moved");
-    }
+    // The row is locked: the new balance is known without asking.
+    let changed = LoyaltyPointsChanged {
+        customer_id: customer_id.to_string(),
+        order_id: order_id.to_string(),
+        delta,
+        balance: points.balance + delta,
+        changed_at: Some(timestamp(Utc::now())),
+        version: points.version + 1,
+    };
+    // Three independent writes in one round trip.
+    try_join!(
+        entry,
+        customers::add_points(conn, customer_id, delta),
+        outbox.enqueue(conn, &changed, &trace),
+    )?;
+    tracing::info!(%order_id, %customer_id, delta, balance = changed.balance, "loyalty points moved");
     Ok(())
 }
 

@@ -99,6 +99,7 @@ impl InventoryService for InventoryApi {
             }
             Err(error) => return Err(ApiError::from(error).into()),
         };
+        self.outbox.committed();
         tracing::info!("product created");
         Ok(Response::new(to_proto(row)))
     }
@@ -171,6 +172,7 @@ impl InventoryService for InventoryApi {
             .await;
         match result {
             Ok(row) => {
+                self.outbox.committed();
                 tracing::info!(available = row.available, "stock adjusted");
                 Ok(Response::new(to_proto(row)))
             }

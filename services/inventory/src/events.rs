@@ -19,6 +19,7 @@ use dbps::{
 };
 use diesel::result::Error as DieselError;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures_util::{future::try_join_all, try_join};
 use platform::api::timestamp;
 use uuid::Uuid;
 
@@ -110,25 +111,32 @@ async fn reserve(
                 .iter()
                 .map(|(sku, quantity)| (sku.clone(), i32::try_from(*quantity).unwrap_or(i32::MAX)))
                 .collect();
-            reservations::decide(conn, order_id, Status::Reserved, "", &held).await?;
             let event = StockReserved {
                 order_id: order_id.to_string(),
                 lines: stock_lines(&held),
                 reserved_at: Some(timestamp(Utc::now())),
             };
-            outbox.enqueue(conn, &event, trace).await?;
-            publish_products(conn, &outbox, &taken, trace).await?;
+            // Independent writes: pipelined, one round trip.
+            let shared: &AsyncPgConnection = conn;
+            try_join!(
+                reservations::decide(shared, order_id, Status::Reserved, "", &held),
+                outbox.enqueue(shared, &event, trace),
+                publish_products(shared, &outbox, &taken, trace),
+            )?;
             tracing::info!(%order_id, "stock reserved");
         }
         Err(Shortage::Short { sku, reason }) => {
-            reservations::decide(conn, order_id, Status::Rejected, &reason, &[]).await?;
             let event = StockRejected {
                 order_id: order_id.to_string(),
                 reason: reason.clone(),
                 sku,
                 rejected_at: Some(timestamp(Utc::now())),
             };
-            outbox.enqueue(conn, &event, trace).await?;
+            let shared: &AsyncPgConnection = conn;
+            try_join!(
+                reservations::decide(shared, order_id, Status::Rejected, &reason, &[]),
+                outbox.enqueue(shared, &event, trace),
+            )?;
             tracing::info!(%order_id, reason, "stock rejected");
         }
         Err(Shortage::Database(error)) => return Err(error.into()),
@@ -158,34 +166,36 @@ async fn release(
     for (sku, quantity) in &held {
         returned.push(products::release(conn, sku, i64::from(*quantity)).await?);
     }
-    reservations::decide(
-        conn,
-        order_id,
-        Status::Released,
-        &received.event.reason,
-        &[],
-    )
-    .await?;
     let event = StockReleased {
         order_id: order_id.to_string(),
         lines: stock_lines(&held),
         released_at: Some(timestamp(Utc::now())),
     };
-    outbox.enqueue(conn, &event, &received.trace).await?;
-    publish_products(conn, &outbox, &returned, &received.trace).await?;
+    let shared: &AsyncPgConnection = conn;
+    let reason = &received.event.reason;
+    try_join!(
+        reservations::decide(shared, order_id, Status::Released, reason, &[]),
+        outbox.enqueue(shared, &event, &received.trace),
+        publish_products(shared, &outbox, &returned, &received.trace),
+    )?;
     tracing::info!(%order_id, "stock released");
     Ok(())
 }
 
+/// Enqueues every product's new state, pipelined.
 async fn publish_products(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     outbox: &Outbox,
     products: &[Product],
     trace: &TraceContext,
 ) -> Result<(), DieselError> {
-    for product in products {
-        outbox.enqueue(conn, &changed(product), trace).await?;
-    }
+    let events: Vec<_> = products.iter().map(changed).collect();
+    try_join_all(
+        events
+            .iter()
+            .map(|event| outbox.enqueue(conn, event, trace)),
+    )
+    .await?;
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use dbps::order::v1::{
     order_service_server::OrderService,
 };
 use diesel::result::Error as DieselError;
-use diesel_async::{AsyncConnection, pooled_connection::bb8::RunError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, pooled_connection::bb8::RunError};
+use futures_util::try_join;
 use platform::{
     ApiError, Violations,
     api::{Page, parse_id, timestamp, trace_context},
@@ -114,11 +115,16 @@ impl OrderApi {
             {
                 return same_order(existing, request);
             }
-            if !replicas::customer_exists(conn, request.customer_id).await? {
+            // Independent queries are pipelined: one round trip each step.
+            let shared: &AsyncPgConnection = conn;
+            let skus: Vec<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
+            let (known, prices) = try_join!(
+                replicas::customer_exists(shared, request.customer_id),
+                replicas::prices(shared, &skus),
+            )?;
+            if !known {
                 return Err(PlaceError::UnknownCustomer(request.customer_id));
             }
-            let skus: Vec<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
-            let prices = replicas::prices(conn, &skus).await?;
             let (lines, total_cents) =
                 domain::price(&request.lines, &prices).map_err(PlaceError::UnknownSkus)?;
 
@@ -134,7 +140,7 @@ impl OrderApi {
                 created_at: now,
                 updated_at: now,
             };
-            if !orders::insert(conn, &order, &lines).await? {
+            if !orders::insert(shared, &order).await? {
                 // A concurrent request with the same key committed first.
                 let key = request.idempotency_key.as_deref().unwrap_or_default();
                 let existing = orders::find_by_key(conn, request.customer_id, key).await?;
@@ -156,7 +162,11 @@ impl OrderApi {
                     .collect(),
                 order,
             };
-            self.outbox.enqueue(conn, &created(&stored), trace).await?;
+            let event = created(&stored);
+            try_join!(
+                orders::insert_lines(shared, &stored.lines),
+                self.outbox.enqueue(shared, &event, trace),
+            )?;
             Ok(stored)
         })
         .await
@@ -191,6 +201,7 @@ impl OrderService for OrderApi {
         let trace = trace_context(&request);
         let order = PlaceOrder::parse(request.get_ref()).map_err(ApiError::from)?;
         let stored = self.place(&order, &trace).await.map_err(ApiError::from)?;
+        self.outbox.committed();
         tracing::Span::current().record("order_id", tracing::field::display(stored.order.order_id));
         tracing::info!(total_cents = stored.order.total_cents, "order placed");
         Ok(Response::new(to_proto(stored)))
@@ -238,6 +249,7 @@ impl OrderService for OrderApi {
             })
             .await
             .map_err(ApiError::from)?;
+        self.outbox.committed();
         match outcome {
             Outcome::Moved(_) => Ok(Response::new(self.load(order_id).await?)),
             Outcome::Missing => {

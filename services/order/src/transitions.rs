@@ -6,6 +6,7 @@ use broker::{Outbox, TraceContext};
 use chrono::Utc;
 use dbps::order::v1::{OrderApproved, OrderCancelled, OrderRejected};
 use diesel_async::AsyncPgConnection;
+use futures_util::try_join;
 use platform::api::timestamp;
 use uuid::Uuid;
 
@@ -48,42 +49,50 @@ pub async fn apply(
         Decision::AlreadyThere => return Ok(Outcome::AlreadyThere(current)),
         Decision::Refuse => return Ok(Outcome::Refused(current)),
     };
-    let row = orders::set_status(conn, order_id, next, reason).await?;
-    let order_id_text = row.order_id.to_string();
-    let customer_id = row.customer_id.to_string();
+    // The order is locked: its new state is known without asking, so the
+    // update, the event and the notification go out in one round trip.
+    let conn: &AsyncPgConnection = conn;
+    let order_id_text = current.order_id.to_string();
+    let customer_id = current.customer_id.to_string();
     let at = Some(timestamp(Utc::now()));
-    match next {
-        OrderStatus::Approved => {
-            let event = OrderApproved {
-                order_id: order_id_text,
-                customer_id,
-                total_cents: row.total_cents,
-                approved_at: at,
-            };
-            outbox.enqueue(conn, &event, trace).await?;
+    let event = async {
+        match next {
+            OrderStatus::Approved => {
+                let event = OrderApproved {
+                    order_id: order_id_text,
+                    customer_id,
+                    total_cents: current.total_cents,
+                    approved_at: at,
+                };
+                outbox.enqueue(conn, &event, trace).await.map(|_| ())
+            }
+            OrderStatus::Rejected => {
+                let event = OrderRejected {
+                    order_id: order_id_text,
+                    customer_id,
+                    reason: reason.to_owned(),
+                    rejected_at: at,
+                };
+                outbox.enqueue(conn, &event, trace).await.map(|_| ())
+            }
+            OrderStatus::Cancelled => {
+                let event = OrderCancelled {
+                    order_id: order_id_text,
+                    customer_id,
+                    reason: reason.to_owned(),
+                    previous_status: status.to_proto().into(),
+                    cancelled_at: at,
+                };
+                outbox.enqueue(conn, &event, trace).await.map(|_| ())
+            }
+            OrderStatus::Pending => Ok(()),
         }
-        OrderStatus::Rejected => {
-            let event = OrderRejected {
-                order_id: order_id_text,
-                customer_id,
-                reason: reason.to_owned(),
-                rejected_at: at,
-            };
-            outbox.enqueue(conn, &event, trace).await?;
-        }
-        OrderStatus::Cancelled => {
-            let event = OrderCancelled {
-                order_id: order_id_text,
-                customer_id,
-                reason: reason.to_owned(),
-                previous_status: status.to_proto().into(),
-                cancelled_at: at,
-            };
-            outbox.enqueue(conn, &event, trace).await?;
-        }
-        OrderStatus::Pending => {}
-    }
-    orders::notify_changed(conn, order_id).await?;
+    };
+    let (row, (), ()) = try_join!(
+        orders::set_status(conn, order_id, next, reason),
+        event,
+        orders::notify_changed(conn, order_id),
+    )?;
     tracing::info!(%order_id, from = status.as_str(), to = next.as_str(), reason, "order moved");
     Ok(Outcome::Moved(row))
 }

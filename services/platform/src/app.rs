@@ -172,9 +172,9 @@ impl AppBuilder {
         self
     }
 
-    /// Runs `consumer` beside the server.
+    /// Runs `consumer` beside the server (its handlers' events wake the relay).
     pub fn consumer(mut self, consumer: Consumer) -> Self {
-        self.consumer = Some(consumer);
+        self.consumer = Some(consumer.wakes(self.infra.outbox.clone()));
         self
     }
 
@@ -238,11 +238,11 @@ impl App {
         let Infra {
             spec,
             pool,
+            outbox,
             amqp,
             database_url,
             settings,
             shutdown: internal,
-            ..
         } = infra;
         let grace = settings.shutdown_grace;
         // Everything inside follows the service's own token, cancelled when
@@ -265,12 +265,23 @@ impl App {
         for task in background {
             workers.spawn(task);
         }
+        if relay && settings.outbox_notify {
+            // Relays in other processes (standbys, `relay` processes) learn
+            // of this process's commits through NOTIFY.
+            let notifier = outbox.clone().run_notifier(
+                database_url.clone(),
+                spec.schema.to_owned(),
+                shutdown.clone(),
+            );
+            workers.spawn(notifier);
+        }
         let mut readiness = Vec::new();
         if relay && settings.run_relay {
             let (ready, is_ready) = oneshot::channel();
             readiness.push(is_ready);
             let config = settings.relay_config(spec, &database_url);
-            workers.spawn(Relay::new(config, amqp.clone()).run(shutdown.clone(), ready));
+            let relay = Relay::new(config, amqp.clone()).woken_by(outbox.clone());
+            workers.spawn(relay.run(shutdown.clone(), ready));
         }
         if let Some(consumer) = consumer {
             let (ready, is_ready) = oneshot::channel();

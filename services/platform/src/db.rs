@@ -11,7 +11,7 @@ use diesel::{
 use diesel_async::{
     AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig},
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
@@ -19,6 +19,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 pub async fn pool(url: &str, schema: &'static str, size: u32) -> anyhow::Result<PgPool> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.custom_setup = Box::new(move |url| Box::pin(pg::connect(url, schema)));
+    // No `SELECT 1` before every checkout: a connection the server dropped
+    // fails its first query (UNAVAILABLE to that one caller) and leaves the pool.
+    config.recycling_method = RecyclingMethod::Fast;
     let manager = AsyncDieselConnectionManager::new_with_config(url, config);
     let pool = PgPool::builder()
         .max_size(size)

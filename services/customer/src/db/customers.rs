@@ -57,31 +57,39 @@ pub async fn page(
     query.load(conn).await
 }
 
-/// Locks the customer's row until the transaction ends; false if unknown.
-pub async fn lock(conn: &mut AsyncPgConnection, customer_id: Uuid) -> QueryResult<bool> {
-    let found: Option<Uuid> = customers::table
-        .find(customer_id)
-        .select(customers::customer_id)
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(found.is_some())
+/// A customer's points balance and its version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Queryable)]
+pub struct Points {
+    pub balance: i64,
+    pub version: i64,
 }
 
-/// Adds `delta` (possibly negative) points to a customer locked by [`lock`];
-/// returns the new balance and its version.
+/// Locks the customer's row until the transaction ends; its points, or `None`
+/// if unknown. Takes a shared connection so that the queries behind it can be
+/// pipelined (they run after it, on the server).
+pub async fn lock(conn: &AsyncPgConnection, customer_id: Uuid) -> QueryResult<Option<Points>> {
+    customers::table
+        .find(customer_id)
+        .select((customers::loyalty_points, customers::points_version))
+        .for_update()
+        .first(&mut &*conn)
+        .await
+        .optional()
+}
+
+/// Adds `delta` (possibly negative) points to a customer locked by [`lock`],
+/// bumping the balance's version.
 pub async fn add_points(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     customer_id: Uuid,
     delta: i64,
-) -> QueryResult<(i64, i64)> {
+) -> QueryResult<()> {
     diesel::update(customers::table.find(customer_id))
         .set((
             customers::loyalty_points.eq(customers::loyalty_points + delta),
             customers::points_version.eq(customers::points_version + 1),
         ))
-        .returning((customers::loyalty_points, customers::points_version))
-        .get_result(conn)
+        .execute(&mut &*conn)
         .await
+        .map(|_| ())
 }

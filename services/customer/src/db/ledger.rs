@@ -4,6 +4,8 @@
 //! reversed. The balance is the sum of credits not reversed. A reversal that
 //! arrives before its credit leaves a row with nothing credited and the
 //! reversal already recorded, so the late credit changes nothing.
+//!
+//! The queries take a shared connection so that they can be pipelined.
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -13,12 +15,12 @@ use super::schema::loyalty_ledger;
 use crate::domain::Ledger;
 
 /// The order's entry, if any, locked until the transaction ends.
-pub async fn lock(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<Ledger>> {
+pub async fn lock(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<Ledger>> {
     let entry: Option<(i64, bool)> = loyalty_ledger::table
         .find(order_id)
         .select((loyalty_ledger::credited, loyalty_ledger::reversed))
         .for_update()
-        .first(conn)
+        .first(&mut &*conn)
         .await
         .optional()?;
     Ok(entry.map(|(credited, reversed)| Ledger { credited, reversed }))
@@ -26,7 +28,7 @@ pub async fn lock(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<O
 
 /// Creates the order's entry.
 pub async fn insert(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     order_id: Uuid,
     customer_id: Uuid,
     entry: Ledger,
@@ -38,24 +40,20 @@ pub async fn insert(
             loyalty_ledger::credited.eq(entry.credited),
             loyalty_ledger::reversed.eq(entry.reversed),
         ))
-        .execute(conn)
+        .execute(&mut &*conn)
         .await
         .map(|_| ())
 }
 
 /// Replaces the order's entry.
-pub async fn update(
-    conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-    entry: Ledger,
-) -> QueryResult<()> {
+pub async fn update(conn: &AsyncPgConnection, order_id: Uuid, entry: Ledger) -> QueryResult<()> {
     diesel::update(loyalty_ledger::table.find(order_id))
         .set((
             loyalty_ledger::credited.eq(entry.credited),
             loyalty_ledger::reversed.eq(entry.reversed),
             loyalty_ledger::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .execute(&mut &*conn)
         .await
         .map(|_| ())
 }

@@ -76,22 +76,23 @@ pub async fn lock(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<O
     Ok(status.as_deref().and_then(Status::parse))
 }
 
-/// Records the decision (and the held lines, for a reservation).
+/// Records the decision (and the held lines, for a reservation). Takes a
+/// shared connection: its writes are pipelined, with each other and with
+/// whatever the caller joins them to.
 pub async fn decide(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     order_id: Uuid,
     status: Status,
     reason: &str,
     lines: &[(String, i32)],
 ) -> QueryResult<()> {
-    diesel::update(reservations::table.find(order_id))
+    let decision = diesel::update(reservations::table.find(order_id))
         .set((
             reservations::status.eq(status.as_str()),
             reservations::reason.eq(reason),
             reservations::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
-        .await?;
+        .execute(&mut &*conn);
     let rows: Vec<_> = lines
         .iter()
         .map(|(sku, quantity)| {
@@ -102,11 +103,13 @@ pub async fn decide(
             )
         })
         .collect();
-    if !rows.is_empty() {
-        diesel::insert_into(reservation_lines::table)
+    if rows.is_empty() {
+        decision.await?;
+    } else {
+        let held = diesel::insert_into(reservation_lines::table)
             .values(rows)
-            .execute(conn)
-            .await?;
+            .execute(&mut &*conn);
+        futures_util::try_join!(decision, held)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{order_lines, orders};
-use crate::domain::{OrderStatus, PricedLine};
+use crate::domain::OrderStatus;
 
 /// An order row.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
@@ -44,36 +44,23 @@ pub struct Order {
 
 /// Inserts an order unless the customer already used its idempotency key;
 /// false then (nothing written).
-pub async fn insert(
-    conn: &mut AsyncPgConnection,
-    order: &OrderRow,
-    lines: &[PricedLine],
-) -> QueryResult<bool> {
+pub async fn insert(conn: &AsyncPgConnection, order: &OrderRow) -> QueryResult<bool> {
     let inserted = diesel::insert_into(orders::table)
         .values(order)
         .on_conflict((orders::customer_id, orders::idempotency_key))
         .do_nothing()
-        .execute(conn)
+        .execute(&mut &*conn)
         .await?;
-    if inserted == 0 {
-        return Ok(false);
-    }
-    let rows: Vec<LineRow> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, line)| LineRow {
-            order_id: order.order_id,
-            line_no: i32::try_from(i).unwrap_or(i32::MAX),
-            sku: line.sku.clone(),
-            quantity: line.quantity,
-            unit_price_cents: line.unit_price_cents,
-        })
-        .collect();
+    Ok(inserted == 1)
+}
+
+/// Inserts the lines of an order just inserted.
+pub async fn insert_lines(conn: &AsyncPgConnection, lines: &[LineRow]) -> QueryResult<()> {
     diesel::insert_into(order_lines::table)
-        .values(&rows)
-        .execute(conn)
-        .await?;
-    Ok(true)
+        .values(lines)
+        .execute(&mut &*conn)
+        .await
+        .map(|_| ())
 }
 
 /// The order, locked until the transaction ends (every change of an order
@@ -90,7 +77,7 @@ pub async fn lock(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<O
 
 /// Sets a locked order's status.
 pub async fn set_status(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     order_id: Uuid,
     status: OrderStatus,
     reason: &str,
@@ -102,7 +89,7 @@ pub async fn set_status(
             orders::updated_at.eq(diesel::dsl::now),
         ))
         .returning(OrderRow::as_returning())
-        .get_result(conn)
+        .get_result(&mut &*conn)
         .await
 }
 
@@ -112,11 +99,11 @@ pub const CHANGES_CHANNEL: &str = "orders_order_changed";
 
 /// Tells every order service process, once the transaction commits, that the
 /// order changed (its watchers then read it again).
-pub async fn notify_changed(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
+pub async fn notify_changed(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<diesel::sql_types::Text, _>(CHANGES_CHANNEL)
         .bind::<diesel::sql_types::Text, _>(order_id.to_string())
-        .execute(conn)
+        .execute(&mut &*conn)
         .await
         .map(|_| ())
 }

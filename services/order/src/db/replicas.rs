@@ -26,12 +26,13 @@ pub async fn add_customer(
         .map(|_| ())
 }
 
-/// Whether the customer is known here.
-pub async fn customer_exists(conn: &mut AsyncPgConnection, customer_id: Uuid) -> QueryResult<bool> {
+/// Whether the customer is known here. (The reads take a shared connection
+/// so that they can be pipelined.)
+pub async fn customer_exists(conn: &AsyncPgConnection, customer_id: Uuid) -> QueryResult<bool> {
     diesel::select(diesel::dsl::exists(
         known_customers::table.find(customer_id),
     ))
-    .get_result(conn)
+    .get_result(&mut &*conn)
     .await
 }
 
@@ -71,14 +72,11 @@ pub async fn upsert_product(
 }
 
 /// Current prices of `skus` (those the catalog knows).
-pub async fn prices(
-    conn: &mut AsyncPgConnection,
-    skus: &[&str],
-) -> QueryResult<HashMap<String, i64>> {
+pub async fn prices(conn: &AsyncPgConnection, skus: &[&str]) -> QueryResult<HashMap<String, i64>> {
     let rows: Vec<(String, i64)> = catalog::table
         .filter(catalog::sku.eq_any(skus))
         .select((catalog::sku, catalog::price_cents))
-        .load(conn)
+        .load(&mut &*conn)
         .await?;
     Ok(rows.into_iter().collect())
 }
