@@ -36,6 +36,18 @@ faults: ## Fault suite R1-R6: real processes, injected faults, reconciliation (s
 	cargo build --release --features failpoints -p order-service -p customer-service -p inventory-service -p reporting-service
 	cargo run --release -p faults -- --bin-dir target/release $(FAULTS_ARGS)
 
+.PHONY: bench
+bench: ## P1-P6 against raw baselines in one run (release build, about 10 min); target/bench/latest.json
+	@scripts/ensure-infra.sh
+	cargo build --release -p order-service -p customer-service -p inventory-service -p reporting-service -p bench
+	target/release/bench
+
+.PHONY: bench-quick
+bench-quick: ## The same figures from shorter runs (about 2 min)
+	@scripts/ensure-infra.sh
+	cargo build --release -p order-service -p customer-service -p inventory-service -p reporting-service -p bench
+	target/release/bench --quick
+
 .PHONY: lint
 lint: ## Formatting, clippy with warnings denied, and buf lint of the contracts
 	cargo fmt --all -- --check

@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 
 /// Every service name, for tearing down whatever a test declared.
 pub mod certs;
+pub mod stack;
 
 const SERVICES: &[&str] = &["order", "customer", "inventory", "reporting"];
 

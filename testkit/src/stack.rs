@@ -1,5 +1,6 @@
-//! The four services as real processes on one scenario's own database and
-//! AMQP prefix, each on a free port, logging to `target/faults/<scenario>/`.
+//! The four services as real processes (the built binaries, as deployed) on
+//! a run's own database and AMQP prefix, each on a free port, logging to
+//! `target/<kind>/<run>/`: what the fault suite and the benchmark drive.
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +15,20 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-use crate::Options;
+/// Where the binaries and the servers are.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    /// Names the database (`dbps_<kind>_<run>`), prefix and log directory.
+    pub kind: &'static str,
+    /// Directory of the service binaries.
+    pub bin_dir: PathBuf,
+    /// Superuser URL of the maintenance database.
+    pub admin_url: String,
+    /// RabbitMQ.
+    pub amqp_url: String,
+    /// Leave the database and queues in place on teardown.
+    pub keep: bool,
+}
 
 /// The services, in start order.
 pub const SERVICES: [&str; 4] = ["customer", "inventory", "order", "reporting"];
@@ -24,7 +38,7 @@ pub struct Stack {
     pub database: String,
     pub prefix: String,
     pub ports: BTreeMap<&'static str, u16>,
-    options: Options,
+    options: StackOptions,
     logs: PathBuf,
     processes: BTreeMap<String, Child>,
     /// The checker's own broker connection.
@@ -33,9 +47,9 @@ pub struct Stack {
 
 impl Stack {
     /// A fresh database and prefix; nothing started yet.
-    pub async fn new(scenario: &str, options: &Options) -> anyhow::Result<Stack> {
+    pub async fn new(scenario: &str, options: &StackOptions) -> anyhow::Result<Stack> {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let database = format!("dbps_faults_{}", scenario.to_lowercase());
+        let database = format!("dbps_{}_{}", options.kind, scenario.to_lowercase());
         let mut admin = AsyncPgConnection::establish(&options.admin_url)
             .await
             .context("connecting to Postgres")?;
@@ -45,7 +59,9 @@ impl Stack {
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await?;
-        let logs = PathBuf::from("target/faults").join(scenario.to_lowercase());
+        let logs = PathBuf::from("target")
+            .join(options.kind)
+            .join(scenario.to_lowercase());
         // Logs of an earlier run would confuse the checks that read them.
         let _ = std::fs::remove_dir_all(&logs);
         std::fs::create_dir_all(&logs)?;
@@ -55,12 +71,20 @@ impl Stack {
         }
         Ok(Stack {
             database,
-            prefix: format!("faults-{}-{}", scenario.to_lowercase(), &suffix[..8]),
+            prefix: format!(
+                "{}-{}-{}",
+                options.kind,
+                scenario.to_lowercase(),
+                &suffix[..8]
+            ),
             ports,
             options: options.clone(),
             logs,
             processes: BTreeMap::new(),
-            amqp: broker::Amqp::new(options.amqp_url.clone(), "faults-checker"),
+            amqp: broker::Amqp::new(
+                options.amqp_url.clone(),
+                format!("{}-checker", options.kind),
+            ),
         })
     }
 
@@ -179,6 +203,22 @@ impl Stack {
         Ok(())
     }
 
+    /// Like [`Stack::wait_serving`], polling every 5 ms (for timing start-up).
+    pub async fn wait_serving_fast(&mut self, service: &str) -> anyhow::Result<()> {
+        let address = format!("127.0.0.1:{}", self.ports[service]).parse()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while platform::health::check(address, None).await.is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{service} not SERVING after 60 s; see {}",
+                    self.logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
     /// The exit status of process `name`, if it has exited.
     pub fn exited(&mut self, name: &str) -> anyhow::Result<Option<std::process::ExitStatus>> {
         match self.processes.get_mut(name) {
@@ -211,6 +251,11 @@ impl Stack {
         Ok(())
     }
 
+    /// The OS process ID of process `name`.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes.get(name).and_then(Child::id)
+    }
+
     /// Whether process `name`'s log contains `needle`.
     pub fn log_contains(&self, name: &str, needle: &str) -> bool {
         std::fs::read_to_string(self.logs.join(format!("{name}.log")))
@@ -229,6 +274,11 @@ impl Stack {
 
     /// Stops every process (SIGTERM, SIGKILL after 10 s), deletes the
     /// scenario's exchanges and queues, and drops its database.
+    #[allow(
+        clippy::print_stdout,
+        clippy::print_stderr,
+        reason = "reports to the console of the bench or fault-suite binary that runs the stack"
+    )]
     pub async fn teardown(mut self) -> anyhow::Result<()> {
         for (name, mut child) in std::mem::take(&mut self.processes) {
             if let Some(pid) = child.id() {

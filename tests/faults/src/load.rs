@@ -18,7 +18,7 @@ use dbps::{
 use tokio::sync::Semaphore;
 use tonic::{Code, transport::Channel};
 
-use crate::stack::Stack;
+use testkit::stack::Stack;
 
 /// Customers and products of a scenario.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@
 //!
 //! It exits non-zero if anything was lost or applied twice.
 //!
-//! * [`stack`]: the service processes; [`load`]: the clients;
+//! * `testkit::stack`: the service processes; [`load`]: the clients;
 //!   [`reconcile`]: what must hold afterwards; [`scenarios`]: R1–R6.
 // A command-line tool: it reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -18,7 +18,6 @@
 mod load;
 mod reconcile;
 mod scenarios;
-mod stack;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -64,6 +63,19 @@ pub struct Options {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+}
+
+impl Options {
+    /// The process stack's options.
+    pub fn stack(&self) -> testkit::stack::StackOptions {
+        testkit::stack::StackOptions {
+            kind: "faults",
+            bin_dir: self.bin_dir.clone(),
+            admin_url: self.admin_url.clone(),
+            amqp_url: self.amqp_url.clone(),
+            keep: self.keep,
+        }
+    }
 }
 
 fn humantime_parse(text: &str) -> Result<Duration, String> {

@@ -20,10 +20,9 @@ use diesel::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use lapin::{options::QueueDeclareOptions, types::FieldTable};
 
-use crate::{
-    load::{Accepted, World},
-    stack::{SERVICES, Stack},
-};
+use testkit::stack::{SERVICES, Stack};
+
+use crate::load::{Accepted, World};
 
 /// The verdict of one check.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

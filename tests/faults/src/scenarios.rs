@@ -29,11 +29,12 @@ use lapin::{
 use prost::Message;
 use tokio::process::Command;
 
+use testkit::stack::Stack;
+
 use crate::{
     Options, load,
     load::{Outcome, World},
     reconcile::{self, Verdict},
-    stack::Stack,
 };
 
 /// One scenario's result.
@@ -265,7 +266,7 @@ async fn prepared(
     options: &Options,
     extra: &[(&str, &str, &str)],
 ) -> anyhow::Result<(Stack, World)> {
-    let mut stack = Stack::new(id, options).await?;
+    let mut stack = Stack::new(id, &options.stack()).await?;
     stack.start_all(extra).await?;
     let world = load::setup(&stack, options.orders).await?;
     Ok((stack, world))
