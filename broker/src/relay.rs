@@ -13,6 +13,13 @@
 //! unroutable stay unpublished and are retried, each after its own backoff
 //! (1 s doubling to 1 min), so they never hold up the rows behind them.
 //!
+//! Marking a row published leaves a dead entry in that scan's partial index
+//! until a vacuum removes it; a burst of thousands of rows would make every
+//! later round walk them (milliseconds per round instead of microseconds). So
+//! the leader vacuums the outbox itself after every
+//! [`RelayConfig::vacuum_after_rows`] marked rows, on a connection of its own while it goes on publishing, rather
+//! than trust autovacuum to come by in time (or at all: it can be off).
+//!
 //! A relay that dies between publish and mark publishes those rows again on
 //! the next round: delivery is at least once, and consumers deduplicate.
 
@@ -30,7 +37,7 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::{FutureExt, StreamExt, future::join_all};
 use lapin::{Channel, Confirmation, options::BasicPublishOptions, options::ConfirmSelectOptions};
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -63,6 +70,9 @@ pub struct RelayConfig {
     /// Inbox rows older than this are deleted; must exceed the longest time a
     /// message can wait for redelivery.
     pub inbox_retention: Duration,
+    /// Rows marked (published or failed) between two of the leader's own
+    /// vacuums of the outbox.
+    pub vacuum_after_rows: usize,
 }
 
 impl RelayConfig {
@@ -79,6 +89,7 @@ impl RelayConfig {
             standby_poll: Duration::from_secs(1),
             outbox_retention: Duration::from_secs(24 * 3600),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            vacuum_after_rows: 10_000,
         }
     }
 }
@@ -96,6 +107,45 @@ struct Backlog {
 
 /// How often the leader deletes expired outbox and inbox rows.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// The leader's own vacuums of the outbox: at most one at a time.
+#[derive(Default)]
+struct Vacuum {
+    marked: usize,
+    running: Option<JoinHandle<()>>,
+}
+
+impl Vacuum {
+    /// Counts a round's marked rows and starts a vacuum once there are enough.
+    fn after_round(&mut self, round: &Round, config: &RelayConfig) {
+        self.marked += round.fetched;
+        if self.marked < config.vacuum_after_rows
+            || self
+                .running
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        self.marked = 0;
+        let (url, schema) = (config.database_url.clone(), config.schema.clone());
+        self.running = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let vacuumed = async {
+                let mut conn = pg::connect(&url, &schema).await?;
+                // SKIP_LOCKED: if autovacuum is at it already, leave it be.
+                conn.batch_execute("VACUUM (SKIP_LOCKED) outbox").await?;
+                Ok::<_, BrokerError>(())
+            };
+            match vacuumed.await {
+                Ok(()) => tracing::debug!(took = ?started.elapsed(), %schema, "outbox vacuumed"),
+                Err(error) => {
+                    tracing::warn!(%error, %schema, "outbox vacuum failed; the next one retries")
+                }
+            }
+        }));
+    }
+}
 
 /// The outbox relay of one service.
 pub struct Relay {
@@ -205,11 +255,13 @@ impl Relay {
 
         let mut last_housekeeping: Option<Instant> = None;
         let mut last_backlog: Option<Instant> = None;
+        let mut vacuum = Vacuum::default();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let round = self.publish_round(&mut conn, &channel).await?;
+            vacuum.after_round(&round, config);
             if last_backlog.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
                 self.measure_backlog(&mut conn).await?;
                 last_backlog = Some(Instant::now());
@@ -239,6 +291,7 @@ impl Relay {
         conn: &mut AsyncPgConnection,
         channel: &Channel,
     ) -> Result<Round, BrokerError> {
+        let round_started = Instant::now();
         let rows: Vec<Row> = outbox::table
             .filter(outbox::published_at.is_null())
             .filter(
@@ -255,6 +308,7 @@ impl Relay {
             return Ok(Round::default());
         }
 
+        let fetched_in = round_started.elapsed();
         let exchange = topology::exchange(&self.config.prefix, &self.config.source);
         let started = Instant::now();
         let mut confirms = Vec::with_capacity(rows.len());
@@ -284,9 +338,10 @@ impl Relay {
         let mut confirmed = Vec::with_capacity(rows.len());
         let mut failed = Vec::new();
         let confirmations = join_all(confirms).await;
+        let confirmed_in = started.elapsed();
         self.metrics
             .confirm_seconds
-            .record(started.elapsed().as_secs_f64());
+            .record(confirmed_in.as_secs_f64());
         for (row, confirmation) in rows.iter().zip(confirmations) {
             match confirmation? {
                 Confirmation::Ack(None) => confirmed.push(row.id),
@@ -332,6 +387,9 @@ impl Relay {
         tracing::debug!(
             fetched = rows.len(),
             published = confirmed.len(),
+            ?fetched_in,
+            ?confirmed_in,
+            took = ?round_started.elapsed(),
             "relay round"
         );
         Ok(Round {

@@ -98,9 +98,18 @@ impl Probe {
 
     /// Starts a relay; cancel the returned token to stop it.
     async fn start_relay(&self) -> CancellationToken {
+        self.start_relay_with(RelayConfig::new(
+            "customer",
+            &self.env.prefix,
+            &self.url,
+            SCHEMA,
+        ))
+        .await
+    }
+
+    async fn start_relay_with(&self, config: RelayConfig) -> CancellationToken {
         let stop = self.shutdown.child_token();
         let (ready, is_ready) = tokio::sync::oneshot::channel();
-        let config = RelayConfig::new("customer", &self.env.prefix, &self.url, SCHEMA);
         let relay = Relay::new(config, self.amqp.clone()).woken_by(self.outbox.clone());
         tokio::spawn(relay.run(stop.clone(), ready));
         is_ready.await.unwrap();
@@ -449,4 +458,43 @@ async fn replaying_the_event_log_rebuilds_what_the_handlers_built() {
     for id in ["a", "b", "c"] {
         assert_eq!(probe.times(id).await, Some(1));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_vacuums_the_dead_entries_its_marks_leave_behind() {
+    #[derive(QueryableByName)]
+    struct Vacuums {
+        #[diesel(sql_type = BigInt)]
+        vacuums: i64,
+    }
+    let probe = Probe::new().await;
+    probe.start_consumer().await;
+    let mut config = RelayConfig::new("customer", &probe.env.prefix, &probe.url, SCHEMA);
+    config.vacuum_after_rows = 500;
+    probe.start_relay_with(config).await;
+
+    // A burst as one transaction: 600 events, each marked once published.
+    let mut conn = probe.conn().await;
+    probe.enqueue(&mut conn, "burst").await;
+    conn.batch_execute(
+        "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
+         SELECT gen_random_uuid(), aggregate_type, aggregate_id, event_type, payload, headers
+         FROM outbox, generate_series(1, 599)",
+    )
+    .await
+    .unwrap();
+    probe.outbox.committed();
+
+    eventually("the relay to vacuum the outbox", WAIT, || async {
+        let mut conn = probe.pool.get().await.unwrap();
+        let stats: Vacuums = diesel::sql_query(
+            "SELECT vacuum_count AS vacuums FROM pg_stat_user_tables
+             WHERE schemaname = current_schema() AND relname = 'outbox'",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        (stats.vacuums >= 1 && probe.unpublished().await == 0).then_some(())
+    })
+    .await;
 }
