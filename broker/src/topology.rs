@@ -220,12 +220,14 @@ pub async fn teardown(
                 )
                 .await?;
         }
-        channel
-            .queue_delete(
-                dead_letter_queue(prefix, consumer).into(),
-                QueueDeleteOptions::default(),
-            )
-            .await?;
+        for name in [
+            dead_letter_queue(prefix, consumer),
+            event_log(prefix, consumer),
+        ] {
+            channel
+                .queue_delete(name.into(), QueueDeleteOptions::default())
+                .await?;
+        }
         channel
             .exchange_delete(
                 dead_letter_exchange(prefix, consumer).into(),
