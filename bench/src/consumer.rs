@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use dbps::{
     Event,
-    customer::v1::{
-        CustomerRegistered, LoyaltyPointsChanged, RegisterCustomerRequest,
-        customer_service_client::CustomerServiceClient,
-    },
+    customer::v1::{CustomerRegistered, LoyaltyPointsChanged},
     order::v1::{OrderCreated, OrderLine},
 };
 use diesel::{
@@ -23,9 +20,9 @@ use lapin::{
     BasicProperties,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, QueueDeleteOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use prost::Message;
 use testkit::stack::Stack;
@@ -60,21 +57,7 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
     .await?;
     stack.spawn("customer", "customer", &[], &[])?;
     stack.wait_serving("customer").await?;
-    let mut customers = CustomerServiceClient::new(stack.channel("customer")?);
-    let mut ids = Vec::new();
-    for i in 0..50 {
-        let request = RegisterCustomerRequest {
-            name: format!("C{i}"),
-            email: format!("p4-{i}@{}.example", stack.prefix),
-        };
-        ids.push(
-            customers
-                .register_customer(request)
-                .await?
-                .into_inner()
-                .customer_id,
-        );
-    }
+    let ids = stack.register_customers(50, "p4-").await?;
     // Pile the messages up while the consumer is away.
     stack.kill("customer").await?;
     let payloads: Vec<Vec<u8>> = (0..messages)
@@ -126,21 +109,7 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
     // Raw: the same messages, a quorum queue, the same prefetch, receive and ack.
     let queue = format!("{}.bench.p4", stack.prefix);
     let channel = stack.amqp.channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    setup::quorum_queue(&channel, &queue).await?;
     publish(&stack, "", &queue, &payloads).await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())

@@ -190,12 +190,18 @@ async fn propagation(
         )
         .get_result(&mut conn)
         .await?;
-        if (applied.n - before.n) as u64 >= total {
+        // The relay marks a row after the broker's confirm, which may come
+        // after the consumer's commit: wait for the marks too.
+        let unmarked: Count =
+            diesel::sql_query("SELECT count(*) AS n FROM orders.outbox WHERE published_at IS NULL")
+                .get_result(&mut conn)
+                .await?;
+        if (applied.n - before.n) as u64 >= total && unmarked.n == 0 {
             break;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "credits still missing after 120 s"
+            "credits or marks still missing after 120 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

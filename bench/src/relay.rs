@@ -10,8 +10,8 @@ use futures_util::future::join_all;
 use lapin::{
     BasicProperties,
     options::{
-        BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions, QueuePurgeOptions,
+        BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeleteOptions,
+        QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -41,21 +41,7 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
     let exchange = broker::topology::exchange(&stack.prefix, "order");
     let queue = format!("{}.bench.p2", stack.prefix);
     let channel = stack.amqp.channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
+    setup::quorum_queue(&channel, &queue).await?;
     channel
         .queue_bind(
             queue.as_str().into(),

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use dbps::{
-    customer::v1::{RegisterCustomerRequest, customer_service_client::CustomerServiceClient},
     inventory::v1::{CreateProductRequest, inventory_service_client::InventoryServiceClient},
     order::v1::{LineItem, PlaceOrderRequest, order_service_client::OrderServiceClient},
 };
@@ -40,22 +39,8 @@ pub async fn start(
 /// Registers customers and products with plenty of stock, then waits until
 /// an order with every SKU goes through for the last customer.
 pub async fn populate(stack: &Stack) -> anyhow::Result<World> {
-    let mut customers_client = CustomerServiceClient::new(stack.channel("customer")?);
     let mut inventory = InventoryServiceClient::new(stack.channel("inventory")?);
-    let mut customers = Vec::new();
-    for i in 0..CUSTOMERS {
-        let request = RegisterCustomerRequest {
-            name: format!("Customer {i}"),
-            email: format!("b{i}@{}.example", stack.prefix),
-        };
-        customers.push(
-            customers_client
-                .register_customer(request)
-                .await?
-                .into_inner()
-                .customer_id,
-        );
-    }
+    let customers = stack.register_customers(CUSTOMERS, "b").await?;
     let mut skus = Vec::new();
     for i in 0..SKUS {
         let sku = format!("BENCH-{i}");
@@ -148,4 +133,20 @@ pub fn order(world: &World, rng: &mut Lcg) -> PlaceOrderRequest {
 /// A superuser connection to the run's database.
 pub async fn admin(stack: &Stack) -> anyhow::Result<AsyncPgConnection> {
     Ok(AsyncPgConnection::establish(&stack.admin_url()).await?)
+}
+
+/// Declares a durable quorum queue, the kind every consumer has, for a raw
+/// baseline.
+pub async fn quorum_queue(channel: &lapin::Channel, name: &str) -> anyhow::Result<()> {
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    let options = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel.queue_declare(name.into(), options, args).await?;
+    Ok(())
 }

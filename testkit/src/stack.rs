@@ -11,9 +11,30 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use dbps::customer::v1::{RegisterCustomerRequest, customer_service_client::CustomerServiceClient};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
+
+/// Where the servers are: flattened into the command line of each binary
+/// that runs a stack.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Servers {
+    /// Superuser URL of the maintenance database.
+    #[arg(
+        long,
+        env = "TEST_ADMIN_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub admin_url: String,
+    /// RabbitMQ.
+    #[arg(
+        long,
+        env = "TEST_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+}
 
 /// Where the binaries and the servers are.
 #[derive(Clone, Debug)]
@@ -148,7 +169,10 @@ impl Stack {
             )
             .env("SHUTDOWN_GRACE", "5s")
             .env("METRICS_ADDR", "off")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("STACK_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("FAILPOINTS")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -270,6 +294,27 @@ impl Stack {
                 .timeout(Duration::from_secs(30))
                 .connect_lazy(),
         )
+    }
+
+    /// Registers `count` customers through the customer service, with emails
+    /// `<tag><i>@<prefix>.example`; their IDs.
+    pub async fn register_customers(&self, count: usize, tag: &str) -> anyhow::Result<Vec<String>> {
+        let mut client = CustomerServiceClient::new(self.channel("customer")?);
+        let mut ids = Vec::with_capacity(count);
+        for i in 0..count {
+            let request = RegisterCustomerRequest {
+                name: format!("Customer {i}"),
+                email: format!("{tag}{i}@{}.example", self.prefix),
+            };
+            ids.push(
+                client
+                    .register_customer(request)
+                    .await?
+                    .into_inner()
+                    .customer_id,
+            );
+        }
+        Ok(ids)
     }
 
     /// Stops every process (SIGTERM, SIGKILL after 10 s), deletes the

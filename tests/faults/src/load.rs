@@ -9,7 +9,6 @@ use std::{
 };
 
 use dbps::{
-    customer::v1::{RegisterCustomerRequest, customer_service_client::CustomerServiceClient},
     inventory::v1::{CreateProductRequest, inventory_service_client::InventoryServiceClient},
     order::v1::{
         CancelOrderRequest, LineItem, PlaceOrderRequest, order_service_client::OrderServiceClient,
@@ -51,22 +50,8 @@ const PRODUCTS: usize = 10;
 /// Registers the customers and products (the clients retry orders until the
 /// order service has heard of them).
 pub async fn setup(stack: &Stack, orders: usize) -> anyhow::Result<World> {
-    let mut customers_client = CustomerServiceClient::new(stack.channel("customer")?);
     let mut inventory = InventoryServiceClient::new(stack.channel("inventory")?);
-    let mut customers = Vec::new();
-    for i in 0..CUSTOMERS {
-        let request = RegisterCustomerRequest {
-            name: format!("Customer {i}"),
-            email: format!("c{i}@{}.example", stack.prefix),
-        };
-        customers.push(
-            customers_client
-                .register_customer(request)
-                .await?
-                .into_inner()
-                .customer_id,
-        );
-    }
+    let customers = stack.register_customers(CUSTOMERS, "c").await?;
     // About three units an order over ten SKUs; stock for ~75 % of it, so
     // some orders are rejected.
     let stock = (orders as i64 * 3 * 3 / 4 / PRODUCTS as i64).max(5);

@@ -49,20 +49,8 @@ pub struct Options {
     /// stopped), e.g. to inspect R4's dead letters with `dbps dlq list`.
     #[arg(long)]
     pub keep: bool,
-    /// Superuser URL of the maintenance database.
-    #[arg(
-        long,
-        env = "TEST_ADMIN_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub admin_url: String,
-    /// RabbitMQ.
-    #[arg(
-        long,
-        env = "TEST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub servers: testkit::stack::Servers,
 }
 
 impl Options {
@@ -71,8 +59,8 @@ impl Options {
         testkit::stack::StackOptions {
             kind: "faults",
             bin_dir: self.bin_dir.clone(),
-            admin_url: self.admin_url.clone(),
-            amqp_url: self.amqp_url.clone(),
+            admin_url: self.servers.admin_url.clone(),
+            amqp_url: self.servers.amqp_url.clone(),
             keep: self.keep,
         }
     }
