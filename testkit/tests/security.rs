@@ -7,7 +7,7 @@
 use std::{
     io::Write,
     sync::{Arc, Mutex, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use broker::amqp::Tls;
@@ -182,26 +182,34 @@ async fn no_service_holds_a_superuser_connection_at_run_time() {
         #[diesel(sql_type = Text)]
         usename: String,
     }
+    // Services open their pools, relays and consumers concurrently, and the
+    // bootstrap's superuser session may still be closing: wait until exactly
+    // the four service roles are connected. One held by a superuser at run
+    // time would keep the set from ever matching.
+    let expected = [
+        "customer_svc",
+        "inventory_svc",
+        "order_svc",
+        "reporting_svc",
+    ];
     let mut admin = testkit::admin_connection(&env.database).await;
-    let sessions: Vec<Session> = diesel::sql_query(
-        "SELECT usename::text FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .load(&mut admin)
-    .await
-    .unwrap();
-    let mut roles: Vec<&str> = sessions.iter().map(|s| s.usename.as_str()).collect();
-    roles.sort();
-    roles.dedup();
-    assert_eq!(
-        roles,
-        [
-            "customer_svc",
-            "inventory_svc",
-            "order_svc",
-            "reporting_svc"
-        ],
-        "who is connected"
-    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sessions: Vec<Session> = diesel::sql_query(
+            "SELECT usename::text FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .load(&mut admin)
+        .await
+        .unwrap();
+        let mut roles: Vec<String> = sessions.into_iter().map(|s| s.usename).collect();
+        roles.sort();
+        roles.dedup();
+        if roles == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "who is connected: {roles:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn rabbitmqctl(args: &[&str]) {
