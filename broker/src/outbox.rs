@@ -1,7 +1,13 @@
 //! Writing events into the outbox, inside the caller's transaction, and
 //! waking the relay once it committed.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use diesel::{ExpressionMethods, sql_types::Text};
@@ -43,6 +49,9 @@ struct Wake {
     local: Notify,
     /// The notifier task, which sends one NOTIFY for relays elsewhere.
     remote: Notify,
+    /// Whether the relay of this process is the leader: then no relay
+    /// elsewhere publishes, and the NOTIFY would only wake it a second time.
+    leading: AtomicBool,
     channel: String,
 }
 
@@ -52,6 +61,7 @@ impl Outbox {
         let wake = Wake {
             local: Notify::new(),
             remote: Notify::new(),
+            leading: AtomicBool::new(false),
             channel: notify_channel(schema),
         };
         Outbox {
@@ -113,6 +123,13 @@ impl Outbox {
         }
     }
 
+    /// Records whether this process's relay leads (see [`Wake::leading`]).
+    pub(crate) fn set_leading(&self, leading: bool) {
+        if let Some(wake) = &self.wake {
+            wake.leading.store(leading, Ordering::Release);
+        }
+    }
+
     /// Resolves when [`Outbox::committed`] was called in this process since
     /// the last time; never if waking is off.
     pub(crate) async fn woken(&self) {
@@ -123,8 +140,10 @@ impl Outbox {
     }
 
     /// Sends a NOTIFY on the outbox's channel after commits, on a connection
-    /// of its own, until `shutdown`: relays in other processes (standbys, a
-    /// relay run as its own process) then wake as fast as this process's.
+    /// of its own, until `shutdown`: relays in other processes (a relay run as
+    /// its own process, or the leader when this process's relay stands by)
+    /// then wake as fast as this process's. Sends nothing while this
+    /// process's relay leads.
     pub async fn run_notifier(
         self,
         database_url: String,
@@ -141,6 +160,9 @@ impl Outbox {
                     tokio::select! {
                         _ = wake.remote.notified() => {}
                         _ = shutdown.cancelled() => return Ok::<(), crate::BrokerError>(()),
+                    }
+                    if AtomicBool::load(&wake.leading, Ordering::Acquire) {
+                        continue;
                     }
                     diesel::sql_query("SELECT pg_notify($1, '')")
                         .bind::<Text, _>(&wake.channel)

@@ -240,6 +240,7 @@ impl Relay {
             }
         }
         tracing::info!(source = %config.source, "outbox relay is the leader");
+        let _leading = Leading::new(self.outbox.as_ref());
         if config.listen {
             // Before the first scan, so no commit between scan and wait is missed.
             conn.batch_execute(&format!(
@@ -429,6 +430,26 @@ impl Relay {
             );
         }
         Ok(())
+    }
+}
+
+/// Tells this process's outbox that its relay leads, for as long as it lives.
+struct Leading<'a>(Option<&'a Outbox>);
+
+impl<'a> Leading<'a> {
+    fn new(outbox: Option<&'a Outbox>) -> Self {
+        if let Some(outbox) = outbox {
+            outbox.set_leading(true);
+        }
+        Leading(outbox)
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if let Some(outbox) = self.0 {
+            outbox.set_leading(false);
+        }
     }
 }
 

@@ -498,3 +498,36 @@ async fn the_relay_vacuums_the_dead_entries_its_marks_leave_behind() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_where_the_relay_stands_by_wakes_the_leader_elsewhere() {
+    let probe = Probe::new().await;
+    probe.start_consumer().await;
+    // The leader, as if in another process: it polls only once a minute.
+    let mut config = RelayConfig::new("customer", &probe.env.prefix, &probe.url, SCHEMA);
+    config.poll_interval = Duration::from_secs(60);
+    probe.start_relay_with(config).await;
+    let mut conn = probe.conn().await;
+    probe.enqueue(&mut conn, "led").await;
+    probe.wait_applied("led").await;
+
+    // This process: a writer whose relay stands by, and its notifier.
+    let here = Outbox::new("customer", SCHEMA);
+    tokio::spawn(here.clone().run_notifier(
+        probe.url.clone(),
+        SCHEMA.into(),
+        probe.shutdown.clone(),
+    ));
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let config = RelayConfig::new("customer", &probe.env.prefix, &probe.url, SCHEMA);
+    let standby = Relay::new(config, probe.amqp.clone()).woken_by(here.clone());
+    tokio::spawn(standby.run(probe.shutdown.clone(), ready));
+    is_ready.await.unwrap();
+
+    here.enqueue(&conn, &registered("from-here"), &TraceContext::new_root())
+        .await
+        .unwrap();
+    here.committed();
+    // Well before the leader's next poll: only the NOTIFY can have woken it.
+    probe.wait_applied("from-here").await;
+}
