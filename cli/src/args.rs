@@ -36,7 +36,7 @@ pub struct AmqpArgs {
         long,
         env = "AMQP_PREFIX",
         default_value = "dbps",
-        value_parser = parse_prefix,
+        value_parser = platform::config::parse_prefix,
         global = true,
         help_heading = "RabbitMQ"
     )]
@@ -215,20 +215,6 @@ impl Cli {
             Command::Dlq(_) => {}
         }
         urls
-    }
-}
-
-/// The same rule as the services' `--amqp-prefix`.
-fn parse_prefix(prefix: &str) -> Result<String, String> {
-    let valid = !prefix.is_empty()
-        && prefix.len() <= 64
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if valid {
-        Ok(prefix.to_owned())
-    } else {
-        Err("1 to 64 of A-Z, a-z, 0-9, '-', '_', '.'".to_owned())
     }
 }
 

@@ -271,7 +271,9 @@ impl<X: Args + FromArgMatches, S: Subcommand + FromArgMatches> Config<X, S> {
     }
 }
 
-fn parse_prefix(prefix: &str) -> Result<String, String> {
+/// Checks an AMQP prefix (`--amqp-prefix`): 1 to 64 characters that are safe
+/// in exchange and queue names. The `dbps` CLI applies the same rule.
+pub fn parse_prefix(prefix: &str) -> Result<String, String> {
     let valid = !prefix.is_empty()
         && prefix.len() <= 64
         && prefix
