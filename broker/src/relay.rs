@@ -17,8 +17,9 @@
 //! until a vacuum removes it; a burst of thousands of rows would make every
 //! later round walk them (milliseconds per round instead of microseconds). So
 //! the leader vacuums the outbox itself after every
-//! [`RelayConfig::vacuum_after_rows`] marked rows, on a connection of its own while it goes on publishing, rather
-//! than trust autovacuum to come by in time (or at all: it can be off).
+//! [`RelayConfig::vacuum_after_rows`] marked rows, on a connection of its own
+//! while it goes on publishing, rather than trust autovacuum to come by in
+//! time (or at all: it can be off).
 //!
 //! A relay that dies between publish and mark publishes those rows again on
 //! the next round: delivery is at least once, and consumers deduplicate.
