@@ -52,7 +52,7 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
         "reporting",
         "customer",
         &[CustomerRegistered::TYPE, LoyaltyPointsChanged::TYPE],
-        10,
+        broker::topology::QueueArgs::new(10),
     )
     .await?;
     stack.spawn("customer", "customer", &[], &[])?;

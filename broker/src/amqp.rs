@@ -4,6 +4,12 @@
 //! user (the relay, each consumer queue) asks [`Amqp::channel`] for a fresh
 //! channel whenever its current one fails, after its own backoff. The first
 //! caller after a loss reconnects; the others reuse the new connection.
+//!
+//! A RabbitMQ cluster is given as several node URLs. A reconnect tries the
+//! nodes in turn, starting with the one after the node that was lost, so a
+//! process fails over to a surviving node at once instead of waiting for the
+//! lost one to come back. Which node a client is connected to does not matter
+//! for correctness: quorum queues are reachable from every node of the cluster.
 
 use std::sync::Arc;
 
@@ -25,10 +31,19 @@ pub struct Amqp {
 }
 
 struct Inner {
-    url: String,
+    /// The cluster's nodes, in the order this process prefers them.
+    urls: Vec<String>,
     name: String,
     tls: Tls,
-    connection: Mutex<Option<Connection>>,
+    connection: Mutex<Current>,
+}
+
+/// The live connection and the node it goes to.
+#[derive(Default)]
+struct Current {
+    connection: Option<Connection>,
+    /// Index in `urls` of the node last connected to (or tried).
+    node: usize,
 }
 
 /// TLS settings for `amqps://` URLs.
@@ -50,15 +65,16 @@ impl std::fmt::Debug for Amqp {
 }
 
 impl Amqp {
-    /// Describes a connection to `url`; nothing is opened until the first
+    /// Describes a connection to `urls`: one node's URL, or a cluster's node
+    /// URLs separated by commas. Nothing is opened until the first
     /// [`Amqp::channel`]. `name` shows in the broker's connection list.
-    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(urls: impl AsRef<str>, name: impl Into<String>) -> Self {
         Amqp {
             inner: Arc::new(Inner {
-                url: url.into(),
+                urls: split_urls(urls.as_ref()),
                 name: name.into(),
                 tls: Tls::default(),
-                connection: Mutex::new(None),
+                connection: Mutex::new(Current::default()),
             }),
         }
     }
@@ -67,23 +83,59 @@ impl Amqp {
     pub fn with_tls(self, tls: Tls) -> Self {
         Amqp {
             inner: Arc::new(Inner {
-                url: self.inner.url.clone(),
+                urls: self.inner.urls.clone(),
                 name: self.inner.name.clone(),
                 tls,
-                connection: Mutex::new(None),
+                connection: Mutex::new(Current::default()),
             }),
         }
     }
 
+    /// How many nodes the cluster was given with.
+    pub fn nodes(&self) -> usize {
+        self.inner.urls.len()
+    }
+
     /// Opens a new channel, connecting first if there is no live connection.
+    /// A lost connection is replaced by one to the next node that answers.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let mut connection = self.inner.connection.lock().await;
-        if let Some(live) = connection.as_ref().filter(|c| c.status().connected()) {
-            match live.create_channel().await {
-                Ok(channel) => return Ok(channel),
-                Err(error) => tracing::warn!(%error, "AMQP connection unusable; reconnecting"),
+        let mut current = self.inner.connection.lock().await;
+        if let Some(live) = current.connection.as_ref() {
+            if live.status().connected() {
+                match live.create_channel().await {
+                    Ok(channel) => return Ok(channel),
+                    Err(error) => tracing::warn!(%error, "AMQP connection unusable; reconnecting"),
+                }
+            }
+            // Lost: start with the next node, which is likely still up.
+            current.connection = None;
+            current.node = (current.node + 1) % self.inner.urls.len();
+        }
+        let first = current.node;
+        let mut last_error = None;
+        for step in 0..self.inner.urls.len() {
+            let node = (first + step) % self.inner.urls.len();
+            current.node = node;
+            match self.connect(node).await {
+                Ok(fresh) => {
+                    let channel = fresh.create_channel().await?;
+                    current.connection = Some(fresh);
+                    return Ok(channel);
+                }
+                Err(error) => {
+                    if self.inner.urls.len() > 1 {
+                        tracing::warn!(%error, node, "RabbitMQ node unreachable; trying the next");
+                    }
+                    last_error = Some(error);
+                }
             }
         }
+        // Next time, start after the last node tried.
+        current.node = (current.node + 1) % self.inner.urls.len();
+        Err(last_error.unwrap_or(BrokerError::Timeout("connecting to RabbitMQ")))
+    }
+
+    async fn connect(&self, node: usize) -> Result<Connection, BrokerError> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.inner.name.clone().into());
         let tls = OwnedTLSConfig {
@@ -96,7 +148,7 @@ impl Amqp {
                 .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
         };
         let connecting = Connection::connect_with_config(
-            &self.inner.url,
+            &self.inner.urls[node],
             properties,
             tls,
             lapin::runtime::default_runtime()?,
@@ -104,16 +156,14 @@ impl Amqp {
         let fresh = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| BrokerError::Timeout("connecting to RabbitMQ"))??;
-        tracing::info!(connection = %self.inner.name, "connected to RabbitMQ");
-        let channel = fresh.create_channel().await?;
-        *connection = Some(fresh);
-        Ok(channel)
+        tracing::info!(connection = %self.inner.name, node, "connected to RabbitMQ");
+        Ok(fresh)
     }
 
     /// Closes the connection, if open; unacknowledged deliveries return to
     /// their queues.
     pub async fn close(&self) {
-        let connection = self.inner.connection.lock().await.take();
+        let connection = self.inner.connection.lock().await.connection.take();
         if let Some(connection) = connection {
             // A broker that is already gone never answers close-ok: do not
             // let a shutdown wait for it.
@@ -124,5 +174,36 @@ impl Amqp {
                 Err(_) => tracing::warn!("the broker did not confirm closing the connection"),
             }
         }
+    }
+}
+
+/// The node URLs of `urls`, separated by commas (a URL has no literal comma:
+/// RFC 3986 would have it percent-encoded in user info, host or vhost).
+fn split_urls(urls: &str) -> Vec<String> {
+    let split: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if split.is_empty() {
+        // Let the connect attempt report the empty URL.
+        vec![urls.to_owned()]
+    } else {
+        split
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_urls;
+
+    #[test]
+    fn a_comma_separated_list_names_every_node() {
+        assert_eq!(
+            split_urls("amqp://a:5672/%2f, amqp://b:5672/%2f,"),
+            ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]
+        );
+        assert_eq!(split_urls("amqp://a/%2f"), ["amqp://a/%2f"]);
     }
 }

@@ -9,6 +9,7 @@ use metrics::{Counter, Gauge, Histogram};
 pub(crate) struct RelayMetrics {
     pub published: Counter,
     pub failed: Counter,
+    pub nacked: Counter,
     pub confirm_seconds: Histogram,
     pub backlog: Gauge,
     pub oldest_age_seconds: Gauge,
@@ -19,6 +20,7 @@ impl RelayMetrics {
         RelayMetrics {
             published: metrics::counter!(format!("{service}_relay_published_total")),
             failed: metrics::counter!(format!("{service}_relay_failed_total")),
+            nacked: metrics::counter!(format!("{service}_relay_nacked_total")),
             confirm_seconds: metrics::histogram!(format!(
                 "{service}_relay_confirm_duration_seconds"
             )),

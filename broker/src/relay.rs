@@ -311,61 +311,60 @@ impl Relay {
         }
 
         let fetched_in = round_started.elapsed();
-        let exchange = topology::exchange(&self.config.prefix, &self.config.source);
         let started = Instant::now();
-        let mut confirms = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let properties = envelope::properties(
-                &self.config.source,
-                row.event_id,
-                &row.event_type,
-                row.created_at,
-                &row.headers,
-            );
-            let confirm = channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    row.event_type.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &row.payload,
-                    properties,
-                )
-                .await?;
-            confirms.push(confirm);
-        }
-
         let mut confirmed = Vec::with_capacity(rows.len());
         let mut failed = Vec::new();
-        let confirmations = join_all(confirms).await;
+        let mut pending: Vec<&Row> = rows.iter().collect();
+        let mut republish = nack_retries();
+        while !pending.is_empty() {
+            let confirmations = self.publish(channel, &pending).await?;
+            let mut nacked = Vec::new();
+            for (row, confirmation) in pending.into_iter().zip(confirmations) {
+                match confirmation? {
+                    Confirmation::Ack(None) => confirmed.push(row.id),
+                    Confirmation::Ack(Some(returned)) => {
+                        tracing::warn!(
+                            event_id = %row.event_id,
+                            event_type = %row.event_type,
+                            reply = %returned.reply_text,
+                            "event returned unroutable: no queue is bound for it yet; it will be retried"
+                        );
+                        failed.push(row.id);
+                    }
+                    Confirmation::Nack(_) => nacked.push(row),
+                    Confirmation::NotRequested => {
+                        tracing::error!("publisher confirms are off; not marking");
+                        failed.push(row.id);
+                    }
+                }
+            }
+            // A nack is most often a quorum queue electing a new leader (a
+            // node was lost): it takes milliseconds, so publish again soon,
+            // before the slow per-row backoff meant for refusals.
+            match republish.next() {
+                Some(delay) if !nacked.is_empty() => {
+                    tracing::debug!(
+                        nacked = nacked.len(),
+                        ?delay,
+                        "broker nacked events; publishing them again"
+                    );
+                    self.metrics.nacked.increment(nacked.len() as u64);
+                    tokio::time::sleep(delay).await;
+                }
+                _ => {
+                    for row in &nacked {
+                        tracing::warn!(event_id = %row.event_id, "broker refused the event; it will be retried");
+                    }
+                    failed.extend(nacked.iter().map(|row| row.id));
+                    nacked.clear();
+                }
+            }
+            pending = nacked;
+        }
         let confirmed_in = started.elapsed();
         self.metrics
             .confirm_seconds
             .record(confirmed_in.as_secs_f64());
-        for (row, confirmation) in rows.iter().zip(confirmations) {
-            match confirmation? {
-                Confirmation::Ack(None) => confirmed.push(row.id),
-                Confirmation::Ack(Some(returned)) => {
-                    tracing::warn!(
-                        event_id = %row.event_id,
-                        event_type = %row.event_type,
-                        reply = %returned.reply_text,
-                        "event returned unroutable: no queue is bound for it yet; it will be retried"
-                    );
-                    failed.push(row.id);
-                }
-                Confirmation::Nack(_) => {
-                    tracing::warn!(event_id = %row.event_id, "broker refused the event; it will be retried");
-                    failed.push(row.id);
-                }
-                Confirmation::NotRequested => {
-                    tracing::error!("publisher confirms are off; not marking");
-                    failed.push(row.id);
-                }
-            }
-        }
         self.metrics.published.increment(confirmed.len() as u64);
         self.metrics.failed.increment(failed.len() as u64);
         if !failed.is_empty() {
@@ -400,6 +399,40 @@ impl Relay {
         })
     }
 
+    /// Publishes `rows` (all before waiting for any confirm) and waits for
+    /// their confirms, in order.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        rows: &[&Row],
+    ) -> Result<Vec<Result<Confirmation, lapin::Error>>, BrokerError> {
+        let exchange = topology::exchange(&self.config.prefix, &self.config.source);
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in rows {
+            let properties = envelope::properties(
+                &self.config.source,
+                row.event_id,
+                &row.event_type,
+                row.created_at,
+                &row.headers,
+            );
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    row.event_type.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &row.payload,
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        Ok(join_all(confirms).await)
+    }
+
     async fn measure_backlog(&self, conn: &mut AsyncPgConnection) -> Result<(), BrokerError> {
         let backlog: Backlog = diesel::sql_query(
             "SELECT count(*) AS rows,
@@ -432,6 +465,18 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Delays before publishing nacked events again within the round: 10 ms
+/// doubling to 200 ms, about 1.3 s in all, long enough for a quorum queue's
+/// leader election; what is still nacked then waits for its row's backoff.
+fn nack_retries() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(200))
+        .with_max_times(10)
+        .build()
 }
 
 /// Tells this process's outbox that its relay leads, for as long as it lives.

@@ -2,7 +2,12 @@
 //!
 //! * `<prefix>.<source>.events`: durable topic exchange of each publishing service.
 //! * `<prefix>.<consumer>.<source>`: durable quorum queue of one consuming service
-//!   for one source, bound to the routing keys it handles, with a delivery limit.
+//!   for one source, bound to the routing keys it handles, with a delivery limit,
+//!   replicated on up to [`QueueArgs::group_size`] nodes of a cluster, and by
+//!   default with a single active consumer: every replica of the service
+//!   subscribes, the broker delivers to one of them at a time and hands the
+//!   queue to another when that one goes away, so one aggregate's events are
+//!   applied in the order they were published.
 //! * `<prefix>.<consumer>.dlx` / `<prefix>.<consumer>.dlq`: where that consumer's
 //!   rejected or over-delivered messages go (fanout exchange, quorum queue),
 //!   dead-lettered at least once.
@@ -10,7 +15,9 @@
 //!   consumer handles, for replay.
 //!
 //! Declarations are idempotent, so every process declares what it uses on every
-//! (re)connect and start order does not matter.
+//! (re)connect and start order does not matter. A queue that already exists
+//! with other arguments (declared by an older release) is used as it is, with
+//! a warning: RabbitMQ cannot change a queue's arguments in place.
 
 use lapin::{
     Channel, ExchangeKind,
@@ -105,16 +112,53 @@ pub async fn declare_exchange(
     Ok(())
 }
 
+/// How a consumer's quorum queues are declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueArgs {
+    /// Deliveries of a message before it is dead-lettered (`x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// Nodes a new quorum queue is replicated on
+    /// (`x-quorum-initial-group-size`); `None` or 1 leaves it to the broker
+    /// (one node's cluster, or its default of every node).
+    pub group_size: Option<u32>,
+    /// Deliver to one consumer at a time (`x-single-active-consumer`), so
+    /// events reach handlers in publish order even with many replicas.
+    pub single_active: bool,
+}
+
+impl QueueArgs {
+    /// Single active consumer, the broker's replication default.
+    pub fn new(delivery_limit: u32) -> Self {
+        QueueArgs {
+            delivery_limit,
+            group_size: None,
+            single_active: true,
+        }
+    }
+
+    fn quorum(&self) -> FieldTable {
+        let mut args = quorum_args();
+        if let Some(size) = self.group_size.filter(|size| *size > 1) {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongLongInt(i64::from(size)),
+            );
+        }
+        args
+    }
+}
+
 /// Declares `consumer`'s queue for `source` (and the exchange, dead-letter
 /// exchange and dead-letter queue it needs) and binds it to `routing_keys`.
-/// Returns the queue's name.
+/// Returns the queue's name. The channel is closed by the broker if a queue
+/// exists with other arguments; [`declare_queue_on`] recovers from that.
 pub async fn declare_queue(
     channel: &Channel,
     prefix: &str,
     consumer: &str,
     source: &str,
     routing_keys: &[&str],
-    delivery_limit: u32,
+    queue_args: QueueArgs,
 ) -> Result<String, BrokerError> {
     declare_exchange(channel, prefix, source).await?;
     let dlx = dead_letter_exchange(prefix, consumer);
@@ -130,7 +174,7 @@ pub async fn declare_queue(
         )
         .await?;
     let dlq = dead_letter_queue(prefix, consumer);
-    declare_durable(channel, &dlq, quorum_args()).await?;
+    declare_durable(channel, &dlq, queue_args.quorum()).await?;
     channel
         .queue_bind(
             dlq.into(),
@@ -142,7 +186,7 @@ pub async fn declare_queue(
         .await?;
 
     let name = queue(prefix, consumer, source);
-    let mut args = quorum_args();
+    let mut args = queue_args.quorum();
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(dlx.into()),
@@ -158,8 +202,11 @@ pub async fn declare_queue(
     );
     args.insert(
         "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(i64::from(delivery_limit)),
+        AMQPValue::LongLongInt(i64::from(queue_args.delivery_limit)),
     );
+    if queue_args.single_active {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
     declare_durable(channel, &name, args).await?;
     for key in routing_keys {
         channel
@@ -173,6 +220,31 @@ pub async fn declare_queue(
             .await?;
     }
     Ok(name)
+}
+
+/// True when the broker refused a declaration because the queue or exchange
+/// exists with other arguments (`PRECONDITION_FAILED`, 406).
+pub fn is_precondition_failed(error: &BrokerError) -> bool {
+    matches!(
+        error,
+        BrokerError::Amqp(error)
+            if matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+    )
+}
+
+/// Checks that queue `name` exists, declaring nothing (`passive`).
+pub async fn queue_exists(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
 }
 
 fn quorum_args() -> FieldTable {

@@ -79,6 +79,14 @@ pub struct ConsumerConfig {
     pub delivery_limit: u32,
     /// Longest wait before requeueing a failed message.
     pub max_retry_delay: Duration,
+    /// Nodes each new queue is replicated on; `None`: min(3, the nodes the
+    /// [`Amqp`] connection was given).
+    pub quorum_group_size: Option<u32>,
+    /// One active consumer per queue across all replicas (the default), so
+    /// an aggregate's events are applied in publish order. Off, replicas
+    /// compete for deliveries and the handlers' tolerance of reordering is
+    /// all that keeps the effects right.
+    pub single_active: bool,
 }
 
 impl ConsumerConfig {
@@ -90,6 +98,18 @@ impl ConsumerConfig {
             max_batch: 128,
             delivery_limit: 10,
             max_retry_delay: Duration::from_secs(2),
+            quorum_group_size: None,
+            single_active: true,
+        }
+    }
+
+    /// The arguments of this consumer's queues on a cluster of `nodes`.
+    pub fn queue_args(&self, nodes: usize) -> crate::topology::QueueArgs {
+        let nodes = u32::try_from(nodes).unwrap_or(u32::MAX);
+        crate::topology::QueueArgs {
+            delivery_limit: self.delivery_limit,
+            group_size: Some(self.quorum_group_size.unwrap_or(nodes.min(3))),
+            single_active: self.single_active,
         }
     }
 }

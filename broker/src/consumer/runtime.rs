@@ -61,17 +61,30 @@ impl QueueWorker {
         attempt: &mut u32,
     ) -> Result<(), BrokerError> {
         let config = &self.config;
-        let channel = self.amqp.channel().await?;
+        let mut channel = self.amqp.channel().await?;
         let keys: Vec<&str> = self.applier.routes.keys().copied().collect();
-        let queue = topology::declare_queue(
+        let declared = topology::declare_queue(
             &channel,
             &config.prefix,
             &self.consumer,
             self.source,
             &keys,
-            config.delivery_limit,
+            config.queue_args(self.amqp.nodes()),
         )
-        .await?;
+        .await;
+        let queue = match declared {
+            Ok(queue) => queue,
+            Err(error) if topology::is_precondition_failed(&error) => {
+                // Declared by an earlier release with other arguments; the
+                // broker closed the channel. Use the queue as it is.
+                let queue = topology::queue(&config.prefix, &self.consumer, self.source);
+                tracing::warn!(%queue, %error, "queue exists with other arguments; using it as it is (delete it to take the new ones)");
+                channel = self.amqp.channel().await?;
+                topology::queue_exists(&channel, &queue).await?;
+                queue
+            }
+            Err(error) => return Err(error),
+        };
         if let Some(log) = &self.event_log {
             topology::declare_event_log(
                 &channel,

@@ -321,9 +321,13 @@ impl App {
             let shutdown = shutdown.clone();
             let reporter = reporter.clone();
             let names = names.clone();
+            let drain = settings.shutdown_drain;
             async move {
                 shutdown.cancelled().await;
                 set_status(&reporter, &names, ServingStatus::NotServing).await;
+                // Still answering while load balancers and health probes
+                // learn that this replica is going away.
+                tokio::time::sleep(drain).await;
             }
         };
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

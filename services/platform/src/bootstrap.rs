@@ -6,10 +6,9 @@
 //! nothing outside its schema: no other service's schema is granted to it, and
 //! `PUBLIC` is revoked from every service schema.
 
-use broker::pg::quote_ident;
+use broker::pg::{self, quote_ident};
 use diesel::{QueryableByName, sql_types::Bool, sql_types::Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use url::Url;
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 /// Prepares database, role and schema for the service whose own URL is
 /// `service_url`, connecting with `admin_url` (a superuser).
@@ -17,7 +16,7 @@ pub async fn run(admin_url: &str, service_url: &str, schema: &str) -> anyhow::Re
     let target = Target::parse(service_url)?;
     check_identifier("schema", schema)?;
 
-    let mut admin = AsyncPgConnection::establish(admin_url).await?;
+    let mut admin = pg::establish(admin_url).await?;
     // Roles are shared by the whole cluster: bootstraps take turns.
     admin
         .batch_execute("SELECT pg_advisory_lock(hashtext('dbps bootstrap'))")
@@ -64,7 +63,7 @@ pub async fn run(admin_url: &str, service_url: &str, schema: &str) -> anyhow::Re
         .await?;
     drop(admin);
 
-    let mut in_database = AsyncPgConnection::establish(&target.admin_url_for(admin_url)?).await?;
+    let mut in_database = pg::establish_with(target.admin_config_for(admin_url)?).await?;
     let schema_ident = quote_ident(schema);
     let database = quote_ident(&target.database);
     in_database
@@ -91,16 +90,24 @@ struct Target {
 }
 
 impl Target {
+    /// Reads a libpq-style URL, with one host or several.
     fn parse(service_url: &str) -> anyhow::Result<Target> {
-        let url = Url::parse(service_url).map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
-        let decode = |s: &str| -> anyhow::Result<String> {
-            percent_decode(s).ok_or_else(|| anyhow::anyhow!("DATABASE_URL: bad escape"))
-        };
-        let role = decode(url.username())?;
-        let database = decode(url.path().trim_start_matches('/'))?;
+        let config: tokio_postgres::Config = service_url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+        let role = config.get_user().unwrap_or_default().to_owned();
+        let database = config.get_dbname().unwrap_or(&role).to_owned();
         check_identifier("role", &role)?;
         check_identifier("database", &database)?;
-        let password = url.password().map(decode).transpose()?;
+        let password = config
+            .get_password()
+            .map(|bytes| {
+                String::from_utf8(bytes.to_vec())
+                    .ok()
+                    .filter(|text| !text.contains('\0'))
+                    .ok_or_else(|| anyhow::anyhow!("DATABASE_URL: the password is not text"))
+            })
+            .transpose()?;
         Ok(Target {
             role,
             password,
@@ -108,12 +115,12 @@ impl Target {
         })
     }
 
-    /// The admin URL pointed at this target's database.
-    fn admin_url_for(&self, admin_url: &str) -> anyhow::Result<String> {
-        let mut url =
-            Url::parse(admin_url).map_err(|e| anyhow::anyhow!("ADMIN_DATABASE_URL: {e}"))?;
-        url.set_path(&self.database);
-        Ok(url.into())
+    /// The admin URL's connection, pointed at this target's database.
+    fn admin_config_for(&self, admin_url: &str) -> anyhow::Result<tokio_postgres::Config> {
+        let mut config =
+            pg::parse_url(admin_url).map_err(|e| anyhow::anyhow!("ADMIN_DATABASE_URL: {e}"))?;
+        config.dbname(&self.database);
+        Ok(config)
     }
 }
 
@@ -152,13 +159,6 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-fn percent_decode(text: &str) -> Option<String> {
-    let decoded = percent_encoding::percent_decode_str(text)
-        .decode_utf8()
-        .ok()?;
-    (!decoded.contains('\0')).then(|| decoded.into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,9 +171,23 @@ mod tests {
         assert_eq!(target.database, "shop");
         assert_eq!(quote_literal("p@ss'word"), "'p@ss''word'");
         let admin = target
-            .admin_url_for("postgres://postgres@127.0.0.1:5432/postgres")
+            .admin_config_for("postgres://postgres@127.0.0.1:5432/postgres")
             .unwrap();
-        assert_eq!(admin, "postgres://postgres@127.0.0.1:5432/shop");
+        assert_eq!(admin.get_dbname(), Some("shop"));
+        assert_eq!(admin.get_user(), Some("postgres"));
+    }
+
+    #[test]
+    fn urls_may_list_several_hosts() {
+        let url = "postgres://order_svc:pw@127.0.0.1:5441,127.0.0.1:5451/dbps?target_session_attrs=read-write";
+        let target = Target::parse(url).unwrap();
+        assert_eq!(target.role, "order_svc");
+        assert_eq!(target.database, "dbps");
+        let admin = target
+            .admin_config_for("postgres://postgres@127.0.0.1:5441,127.0.0.1:5451/postgres?target_session_attrs=read-write")
+            .unwrap();
+        assert_eq!(admin.get_hosts().len(), 2);
+        assert_eq!(admin.get_dbname(), Some("dbps"));
     }
 
     #[test]

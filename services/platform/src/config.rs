@@ -95,7 +95,8 @@ pub struct Settings {
     #[arg(long, env = "ADMIN_DATABASE_URL", hide_env_values = true)]
     pub admin_database_url: Option<String>,
 
-    /// RabbitMQ URL (`amqp://` or `amqps://`).
+    /// RabbitMQ URL (`amqp://` or `amqps://`), or the URLs of a cluster's
+    /// nodes separated by commas: a lost connection fails over to the next.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -179,6 +180,24 @@ pub struct Settings {
     #[arg(long, env = "CONSUMER_DELIVERY_LIMIT", default_value_t = 10)]
     pub consumer_delivery_limit: u32,
 
+    /// Nodes each new quorum queue is replicated on
+    /// [default: min(3, the nodes in AMQP_URL)].
+    #[arg(long, env = "AMQP_QUORUM_GROUP_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub amqp_quorum_group_size: Option<u32>,
+
+    /// One active consumer per queue across all replicas, so each order's
+    /// events are applied in publish order (false: replicas compete for
+    /// deliveries; the handlers tolerate reordering). Takes effect for queues
+    /// declared from then on.
+    #[arg(long, env = "CONSUMER_SINGLE_ACTIVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub consumer_single_active: bool,
+
+    /// On SIGTERM, how long to keep serving after health turns NOT_SERVING,
+    /// so that load balancers stop sending calls here before the listener
+    /// closes (e.g. a few seconds on Kubernetes).
+    #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
+
     /// Longest wait for in-flight work when shutting down.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -199,6 +218,8 @@ impl Settings {
         let mut config = broker::ConsumerConfig::new(&self.amqp_prefix);
         config.prefetch = self.consumer_prefetch;
         config.delivery_limit = self.consumer_delivery_limit;
+        config.quorum_group_size = self.amqp_quorum_group_size;
+        config.single_active = self.consumer_single_active;
         config
     }
 

@@ -20,8 +20,18 @@ pub async fn pool(url: &str, schema: &'static str, size: u32) -> anyhow::Result<
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.custom_setup = Box::new(move |url| Box::pin(pg::connect(url, schema)));
     // No `SELECT 1` before every checkout: a connection the server dropped
-    // fails its first query (UNAVAILABLE to that one caller) and leaves the pool.
-    config.recycling_method = RecyclingMethod::Fast;
+    // fails its first query (UNAVAILABLE to that one caller) and leaves the
+    // pool. Only for a while after a statement met a read-only server (a
+    // demoted primary) is each connection checked, and those still going to
+    // a standby are dropped, so the pool refills from the new primary.
+    config.recycling_method = RecyclingMethod::CustomFunction(Box::new(|conn| {
+        Box::pin(async move {
+            if pg::must_verify_primary() {
+                pg::verify_primary(conn).await?;
+            }
+            Ok(())
+        })
+    }));
     let manager = AsyncDieselConnectionManager::new_with_config(url, config);
     let pool = PgPool::builder()
         .max_size(size)
