@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // test code: a panic is a failed test; some tests report figures
 
 mod flow;
+mod replicas;
 mod reporting;
 mod saga;
 mod support;

@@ -41,6 +41,8 @@ pub struct System {
     pub orders: OrderServiceClient<Channel>,
     pub reporting: ReportingServiceClient<Channel>,
     composition_timeout: &'static str,
+    /// Flags every process of every service gets.
+    flags: &'static [&'static str],
 }
 
 pub const CUSTOMER: usize = 0;
@@ -55,6 +57,19 @@ impl System {
 
     /// Like [`System::start`], with the reporting service's composition deadline.
     pub async fn start_with(deployment: Deployment, composition_timeout: &'static str) -> System {
+        Self::start_configured(deployment, composition_timeout, &[]).await
+    }
+
+    /// Like [`System::start`], with `flags` for every service process.
+    pub async fn start_flagged(deployment: Deployment, flags: &'static [&'static str]) -> System {
+        Self::start_configured(deployment, "500ms", flags).await
+    }
+
+    async fn start_configured(
+        deployment: Deployment,
+        composition_timeout: &'static str,
+        flags: &'static [&'static str],
+    ) -> System {
         let env = TestEnv::new().await;
         let databases = match deployment {
             Deployment::SharedDatabase => std::array::from_fn(|_| env.database.clone()),
@@ -72,6 +87,7 @@ impl System {
             reporting: ReportingServiceClient::new(lazy()),
             running: vec![None, None, None, None],
             composition_timeout,
+            flags,
             databases,
             env,
         };
@@ -83,17 +99,34 @@ impl System {
 
     /// (Re)starts one service on its database.
     pub async fn start_service(&mut self, service: usize) {
+        let running = self.spawn_replica(service, &[]).await;
+        let channel = running.channel();
+        match service {
+            CUSTOMER => self.customers = CustomerServiceClient::new(channel),
+            INVENTORY => self.inventory = InventoryServiceClient::new(channel),
+            ORDER => self.orders = OrderServiceClient::new(channel),
+            _ => self.reporting = ReportingServiceClient::new(channel),
+        }
+        self.running[service] = Some(running);
+    }
+
+    /// Starts another process of `service` on the same database and
+    /// prefix (a replica), with extra flags; the system's clients keep
+    /// talking to the first.
+    pub async fn spawn_replica(&self, service: usize, extra: &[&str]) -> Running {
         use {
             customer_service as c, inventory_service as i, order_service as o,
             reporting_service as r,
         };
         let env = &self.env;
         let database = &self.databases[service];
-        let running = match service {
+        let extra: Vec<&str> = self.flags.iter().chain(extra).copied().collect();
+        let extra = extra.as_slice();
+        match service {
             CUSTOMER => {
                 env.spawn(
                     &c::SERVICE,
-                    env.config_in(&c::SERVICE, database, &[]),
+                    env.config_in(&c::SERVICE, database, extra),
                     c::startup::build,
                 )
                 .await
@@ -101,7 +134,7 @@ impl System {
             INVENTORY => {
                 env.spawn(
                     &i::SERVICE,
-                    env.config_in(&i::SERVICE, database, &[]),
+                    env.config_in(&i::SERVICE, database, extra),
                     i::startup::build,
                 )
                 .await
@@ -109,7 +142,7 @@ impl System {
             ORDER => {
                 env.spawn(
                     &o::SERVICE,
-                    env.config_in(&o::SERVICE, database, &[]),
+                    env.config_in(&o::SERVICE, database, extra),
                     o::startup::build,
                 )
                 .await
@@ -122,7 +155,7 @@ impl System {
                         .unwrap_or_default()
                 };
                 let (customer, order, inventory) = (addr(CUSTOMER), addr(ORDER), addr(INVENTORY));
-                let args = [
+                let mut args = vec![
                     "--customer-addr",
                     &customer,
                     "--order-addr",
@@ -132,18 +165,11 @@ impl System {
                     "--composition-timeout",
                     self.composition_timeout,
                 ];
+                args.extend_from_slice(extra);
                 let config = env.config_for(&r::SERVICE, database, &args);
                 env.spawn(&r::SERVICE, config, r::startup::build).await
             }
-        };
-        let channel = running.channel();
-        match service {
-            CUSTOMER => self.customers = CustomerServiceClient::new(channel),
-            INVENTORY => self.inventory = InventoryServiceClient::new(channel),
-            ORDER => self.orders = OrderServiceClient::new(channel),
-            _ => self.reporting = ReportingServiceClient::new(channel),
         }
-        self.running[service] = Some(running);
     }
 
     /// Stops one service gracefully.
