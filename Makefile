@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: up
 up: ## Start the whole system (Docker Compose, or natively without a Docker engine) and wait until it is SERVING
@@ -68,6 +68,17 @@ db: ## Create each service's database role and schema (idempotent; done at start
 rebuild-reporting: ## Drop the reporting read models and replay the event log into them (the natively run stack)
 	cargo build -p reporting-service
 	target/debug/reporting-service rebuild
+
+.PHONY: k8s-render
+k8s-render: ## Render the Kubernetes overlays (deploy/k8s) to target/k8s/dev.yaml and target/k8s/production.yaml
+	@deploy/k8s/render.sh
+
+.PHONY: k8s-validate
+k8s-validate: k8s-render ## Check them: strict Kubernetes 1.30+ schemas, the operators' resources, env vars and ports against the binaries
+	target/k8s-tools/venv/bin/python deploy/k8s/validate.py target/k8s/dev.yaml target/k8s/production.yaml
+	cargo build -p order-service -p customer-service -p inventory-service -p reporting-service
+	target/k8s-tools/venv/bin/python deploy/k8s/check-env.py --bin-dir target/debug \
+	  target/k8s/dev.yaml target/k8s/production.yaml docker-compose.yml
 
 .PHONY: clients
 clients: $(VENV)/.installed ## Generate the Python client stubs from proto/
