@@ -16,30 +16,35 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 
 WORKDIR /build
 
-# Everything the workspace needs to resolve and build (see Cargo.toml
-# `members`): the contracts crate at the root (build.rs compiles proto/ with a
-# vendored protoc, so no protoc is installed here), the broker, every service
-# and the testkit (a workspace member, so cargo needs its manifest).
+# Every workspace member (Cargo.toml `members`; cargo needs each manifest to
+# resolve the workspace): the contracts crate at the root (build.rs compiles
+# proto/ with a vendored protoc, so no protoc is installed here), the broker,
+# the services, the dbps CLI, the bench, the testkit and the fault suite.
+# `scripts/check-docker-context.sh` (run by `make lint`) fails when a member
+# is missing here or excluded by .dockerignore.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src/ src/
 COPY proto/ proto/
 COPY broker/ broker/
 COPY services/ services/
+COPY cli/ cli/
+COPY bench/ bench/
 COPY testkit/ testkit/
+COPY tests/faults/ tests/faults/
 
 # The target dir is a cache mount, so the binaries are copied out of it in the
-# same step. Only the three service packages (and what they depend on) are
-# built.
+# same step. The four services and the dbps admin CLI are built.
 RUN --mount=type=cache,id=dbps-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=dbps-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=dbps-target,target=/build/target,sharing=locked \
     cargo build --release --locked \
-        -p order-service -p customer-service -p inventory-service -p reporting-service \
+        -p order-service -p customer-service -p inventory-service -p reporting-service -p dbps-cli \
  && mkdir -p /out \
  && cp target/release/order-service \
        target/release/customer-service \
        target/release/inventory-service \
        target/release/reporting-service \
+       target/release/dbps \
        /out/
 
 # ---------------------------------------------------------------- runtime ----
@@ -55,7 +60,7 @@ RUN apt-get update \
         --home-dir /nonexistent --shell /usr/sbin/nologin dbps
 
 COPY --from=builder /out/order-service /out/customer-service /out/inventory-service \
-     /out/reporting-service /usr/local/bin/
+     /out/reporting-service /out/dbps /usr/local/bin/
 
 USER 10001:10001
 

@@ -41,12 +41,35 @@ alive() {
   [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2-service"
 }
 
+# Who holds 127.0.0.1:PORT (listening, or as the source port of a connection),
+# e.g. `users:(("order-service",pid=123,fd=9))`; empty if nobody.
+port_holder() {
+  ss -Htanp "( sport = :$1 )" 2>/dev/null | awk '{print $NF}' | sort -u | tr '\n' ' '
+}
+
 start() {
   local run_dir=$1 port_base=$2 database=$3 prefix=$4
   mkdir -p "$run_dir"
   local packages=()
   for service in "${SERVICES[@]}"; do packages+=(-p "$service-service"); done
   cargo build --profile "$PROFILE" "${packages[@]}"
+
+  # Every port free before anything starts: say who holds one that is not.
+  local busy=0 port holder
+  for service in "${SERVICES[@]}"; do
+    alive "$run_dir" "$service" && continue
+    for port in "$(port_of "$service" "$port_base")" "$(metrics_port_of "$service" "$port_base")"; do
+      holder=$(port_holder "$port" || true)
+      if [ -n "$holder" ]; then
+        echo "port $port ($service-service) is in use by: $holder" >&2
+        busy=1
+      fi
+    done
+  done
+  if ((busy)); then
+    echo "free those ports (or stop what holds them) and try again" >&2
+    return 1
+  fi
 
   for service in "${SERVICES[@]}"; do
     if alive "$run_dir" "$service"; then
@@ -73,6 +96,8 @@ start() {
       if ! alive "$run_dir" "$service" || ((SECONDS > deadline)); then
         echo "$service-service did not become SERVING; last log lines:" >&2
         tail -n 20 "$run_dir/$service.log" >&2
+        echo "stopping what was started" >&2
+        stop "$run_dir" >&2
         return 1
       fi
       sleep 0.2

@@ -41,6 +41,8 @@ pub(crate) struct ConsumerMetrics {
     pub dead_lettered: Counter,
     pub apply_seconds: Histogram,
     pub batch_size: Histogram,
+    /// Deliveries this process holds and has not settled yet.
+    pub unacked: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -54,6 +56,28 @@ impl ConsumerMetrics {
             dead_lettered: outcome("dead_lettered"),
             apply_seconds: metrics::histogram!(format!("{service}_consumer_apply_duration_seconds"), "source" => source.to_owned()),
             batch_size: metrics::histogram!(format!("{service}_consumer_batch_size"), "source" => source.to_owned()),
+            unacked: metrics::gauge!(format!("{service}_queue_messages_unacked"), "source" => source.to_owned()),
         }
+    }
+}
+
+/// What the broker says of one consumer's queues, refreshed by
+/// [`crate::consumer`]'s queue watch.
+pub(crate) struct QueueGauges {
+    pub ready: Gauge,
+    pub consumers: Gauge,
+}
+
+impl QueueGauges {
+    pub fn new(service: &str, source: &str) -> Self {
+        QueueGauges {
+            ready: metrics::gauge!(format!("{service}_queue_messages_ready"), "source" => source.to_owned()),
+            consumers: metrics::gauge!(format!("{service}_queue_consumers"), "source" => source.to_owned()),
+        }
+    }
+
+    /// The depth of `service`'s dead-letter queue.
+    pub fn dead_letters(service: &str) -> Gauge {
+        metrics::gauge!(format!("{service}_dlq_messages"))
     }
 }

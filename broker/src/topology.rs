@@ -232,9 +232,10 @@ pub fn is_precondition_failed(error: &BrokerError) -> bool {
     )
 }
 
-/// Checks that queue `name` exists, declaring nothing (`passive`).
-pub async fn queue_exists(channel: &Channel, name: &str) -> Result<(), BrokerError> {
-    channel
+/// Messages ready and consumers of queue `name`, declaring nothing
+/// (`passive`); fails (and the broker closes the channel) if it does not exist.
+pub async fn queue_depth(channel: &Channel, name: &str) -> Result<(u32, u32), BrokerError> {
+    let declared = channel
         .queue_declare(
             name.into(),
             QueueDeclareOptions {
@@ -244,7 +245,7 @@ pub async fn queue_exists(channel: &Channel, name: &str) -> Result<(), BrokerErr
             FieldTable::default(),
         )
         .await?;
-    Ok(())
+    Ok((declared.message_count(), declared.consumer_count()))
 }
 
 fn quorum_args() -> FieldTable {

@@ -351,9 +351,14 @@ impl Call {
             .flatten()
             .collect(),
             Call::WatchOrder(r) => id("order_id", &r.order_id).into_iter().collect(),
-            Call::GetCustomerOrderHistory(r) => {
-                id("customer_id", &r.customer_id).into_iter().collect()
-            }
+            Call::GetCustomerOrderHistory(r) => [
+                id("customer_id", &r.customer_id),
+                page_size(r.page_size),
+                token(&r.page_token, bad_id),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             Call::GetSalesBySku(r) => sku("sku", &r.sku).into_iter().collect(),
             Call::ListTopProducts(r) => (!(0..=100).contains(&r.limit))
                 .then(|| "limit is not in 0..=100".to_owned())
@@ -834,9 +839,18 @@ fn call(fixtures: &Fixtures) -> BoxedStrategy<Call> {
             Call::CancelOrder(CancelOrderRequest { order_id, reason })
         }),
         order().prop_map(|order_id| Call::WatchOrder(WatchOrderRequest { order_id })),
-        customer().prop_map(|customer_id| {
-            Call::GetCustomerOrderHistory(GetCustomerOrderHistoryRequest { customer_id })
-        }),
+        (
+            customer(),
+            int32(),
+            page_token(customer(), &f.customer_token)
+        )
+            .prop_map(|(customer_id, page_size, page_token)| {
+                Call::GetCustomerOrderHistory(GetCustomerOrderHistoryRequest {
+                    customer_id,
+                    page_size,
+                    page_token,
+                })
+            }),
         sku(f, true).prop_map(|sku| Call::GetSalesBySku(GetSalesBySkuRequest { sku })),
         int32().prop_map(|limit| Call::ListTopProducts(ListTopProductsRequest { limit })),
         customer().prop_map(|customer_id| {
@@ -1311,6 +1325,7 @@ async fn oversized(clients: &Clients, fixtures: &Fixtures, stats: &Stats) -> Vec
         }),
         Call::GetCustomerOrderHistory(GetCustomerOrderHistoryRequest {
             customer_id: big.clone(),
+            ..Default::default()
         }),
         Call::GetSalesBySku(GetSalesBySkuRequest { sku: big.clone() }),
         Call::GetCustomerOverview(GetCustomerOverviewRequest { customer_id: big }),
@@ -1470,7 +1485,10 @@ async fn still_serving(services: &Services, c: &Clients) {
     let history = eventually("the order in the customer's history", WAIT, || {
         let (mut reporting, customer_id) = (reporting.clone(), customer.customer_id.clone());
         async move {
-            let request = GetCustomerOrderHistoryRequest { customer_id };
+            let request = GetCustomerOrderHistoryRequest {
+                customer_id,
+                ..Default::default()
+            };
             match reporting.get_customer_order_history(request).await {
                 Ok(history) => Some(history.into_inner()).filter(|h| !h.orders.is_empty()),
                 Err(status) if status.code() == Code::NotFound => None,

@@ -21,6 +21,7 @@
 //!    spending the messages' delivery attempts.
 
 mod apply;
+mod gauges;
 mod replay;
 mod runtime;
 
@@ -209,6 +210,14 @@ impl Consumer {
         self.routes.keys().copied()
     }
 
+    /// Every (source service, routing key) this consumer handles: the
+    /// bindings of its queues, `<prefix>.<name>.<source>`.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.routes
+            .iter()
+            .flat_map(|(source, keys)| keys.keys().map(move |key| (*source, *key)))
+    }
+
     /// Consumes every source's queue until `shutdown`, reconnecting with
     /// backoff whenever the broker is lost. `ready` fires once every queue has
     /// been declared and is being consumed.
@@ -223,6 +232,7 @@ impl Consumer {
         let name: Arc<str> = self.name.into();
         let mut workers = Vec::new();
         let mut readies = Vec::new();
+        let sources: Vec<&'static str> = self.routes.keys().copied().collect();
         for (source, routes) in self.routes {
             let (queue_ready, queue_ready_rx) = oneshot::channel();
             readies.push(queue_ready_rx);
@@ -241,6 +251,13 @@ impl Consumer {
             };
             workers.push(tokio::spawn(worker.run(shutdown.clone(), queue_ready)));
         }
+        workers.push(tokio::spawn(gauges::watch(
+            amqp.clone(),
+            config.prefix.clone(),
+            name.clone(),
+            sources,
+            shutdown.clone(),
+        )));
         tokio::spawn(async move {
             for queue_ready in readies {
                 if queue_ready.await.is_err() {

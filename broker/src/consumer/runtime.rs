@@ -80,7 +80,7 @@ impl QueueWorker {
                 let queue = topology::queue(&config.prefix, &self.consumer, self.source);
                 tracing::warn!(%queue, %error, "queue exists with other arguments; using it as it is (delete it to take the new ones)");
                 channel = self.amqp.channel().await?;
-                topology::queue_exists(&channel, &queue).await?;
+                topology::queue_depth(&channel, &queue).await?;
                 queue
             }
             Err(error) => return Err(error),
@@ -108,6 +108,8 @@ impl QueueWorker {
             )
             .await?;
         *attempt = 0;
+        // Deliveries held by an earlier channel went back with it.
+        self.metrics.unacked.set(0.0);
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
@@ -135,12 +137,14 @@ impl QueueWorker {
                     Some(None) | None => break,
                 }
             }
+            self.metrics.unacked.increment(batch.len() as f64);
             self.process(batch, shutdown).await?;
             if let Some(error) = failed {
                 return Err(error.into());
             }
         }
         // Deliveries prefetched but not yet applied return to the queue.
+        self.metrics.unacked.set(0.0);
         if let Err(error) = channel.close(200, "consumer shutting down".into()).await {
             tracing::debug!(%error, "channel already closed");
         }
@@ -164,6 +168,7 @@ impl QueueWorker {
                         "message cannot be applied; dead-lettered"
                     );
                     self.metrics.dead_lettered.increment(1);
+                    self.metrics.unacked.decrement(1.0);
                     delivery
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
@@ -211,16 +216,19 @@ impl QueueWorker {
                         .occurred_at
                         .map(|at| (Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1e3);
                     tracing::debug!(event_id = %item.decoded.event_id, event_type = %item.delivery.routing_key, lag_ms, "event applied");
+                    self.metrics.unacked.decrement(1.0);
                     item.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 Outcome::Duplicate => {
                     self.metrics.duplicate.increment(1);
                     tracing::debug!(event_id = %item.decoded.event_id, "duplicate delivery skipped");
+                    self.metrics.unacked.decrement(1.0);
                     item.delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 Outcome::Rejected(reason) => {
                     self.metrics.dead_lettered.increment(1);
                     tracing::error!(event_id = %item.decoded.event_id, event_type = %item.delivery.routing_key, reason, "handler rejected the event; dead-lettered");
+                    self.metrics.unacked.decrement(1.0);
                     item.delivery
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
@@ -244,8 +252,10 @@ impl QueueWorker {
             );
             let acker = delivery.acker.clone();
             let shutdown = shutdown.clone();
+            let unacked = self.metrics.unacked.clone();
             tokio::spawn(async move {
                 sleep_or_shutdown(delay, &shutdown).await;
+                unacked.decrement(1.0);
                 let requeue = BasicNackOptions {
                     requeue: true,
                     multiple: false,

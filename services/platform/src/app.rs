@@ -33,6 +33,8 @@ pub struct Infra {
     database_url: String,
     settings: Settings,
     shutdown: CancellationToken,
+    /// The gRPC listener, bound before any outgoing connection was opened.
+    listener: Option<std::net::TcpListener>,
 }
 
 /// How long to keep retrying the database when a service starts before it.
@@ -77,6 +79,7 @@ impl Infra {
             database_url,
             settings,
             shutdown,
+            listener: None,
         })
     }
 
@@ -94,6 +97,13 @@ impl Infra {
             tracing::info!(?applied, schema = spec.schema, "migrations applied");
         }
         Ok(())
+    }
+
+    /// Serves on `listener` (bound early, before any outgoing connection
+    /// could take its port as an ephemeral one) instead of binding later.
+    pub fn with_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
     }
 
     /// The shared settings.
@@ -191,9 +201,16 @@ impl AppBuilder {
         self
     }
 
-    /// Binds the gRPC listener (port 0 picks a free port).
-    pub async fn bind(self, addr: SocketAddr) -> anyhow::Result<App> {
-        let listener = TcpListener::bind(addr).await?;
+    /// Binds the gRPC listener (port 0 picks a free port), or takes the one
+    /// bound at start for `addr` ([`Infra::with_listener`]).
+    pub async fn bind(mut self, addr: SocketAddr) -> anyhow::Result<App> {
+        let listener = match self.infra.listener.take() {
+            Some(early) if early.local_addr()? == addr || addr.port() == 0 => {
+                early.set_nonblocking(true)?;
+                TcpListener::from_std(early)?
+            }
+            _ => TcpListener::bind(addr).await?,
+        };
         let local_addr = listener.local_addr()?;
         tracing::info!(service = self.infra.spec.name, %local_addr, "gRPC listening");
         Ok(App {
@@ -243,6 +260,7 @@ impl App {
             database_url,
             settings,
             shutdown: internal,
+            ..
         } = infra;
         let grace = settings.shutdown_grace;
         // Everything inside follows the service's own token, cancelled when
@@ -341,6 +359,7 @@ impl App {
             shutdown.clone(),
         ));
         let server = server
+            .timeout(settings.grpc_timeout)
             .trace_fn(grpc_span)
             .layer(crate::metrics::GrpcMetrics::new(spec.name))
             .add_routes(routes)

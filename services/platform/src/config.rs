@@ -144,6 +144,12 @@ pub struct Settings {
     #[arg(long, env = "AMQP_TLS_KEY")]
     pub amqp_tls_key: Option<std::path::PathBuf>,
 
+    /// Longest a call may take before the server gives up on it (a client's
+    /// shorter `grpc-timeout` wins); streams are limited only until their
+    /// first response.
+    #[arg(long, env = "GRPC_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grpc_timeout: Duration,
+
     /// Largest gRPC request accepted, in bytes.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub grpc_max_message_bytes: usize,

@@ -77,10 +77,18 @@ where
         match config.command.clone().unwrap_or_default() {
             Command::Serve => {
                 let shutdown = shutdown_on_signal();
+                // Both listeners first: once this process (or a sibling
+                // started with it) opens outgoing connections, the kernel
+                // may hand one of our ports out as an ephemeral source port.
+                let listener = std::net::TcpListener::bind(config.grpc_addr).map_err(|error| {
+                    anyhow::anyhow!("cannot listen on {} (GRPC_ADDR): {error}", config.grpc_addr)
+                })?;
                 if let Some(addr) = config.metrics_addr()? {
-                    metrics::install(addr)?;
+                    metrics::install(addr).map_err(|error| {
+                        anyhow::anyhow!("cannot serve metrics on {addr} (METRICS_ADDR): {error}")
+                    })?;
                 }
-                let infra = Infra::connect(spec, &config).await?;
+                let infra = Infra::connect(spec, &config).await?.with_listener(listener);
                 build(infra, config).await?.run(shutdown).await
             }
             Command::Bootstrap => {

@@ -12,8 +12,8 @@ use dbps::{
     },
 };
 use platform::{
-    ApiError,
-    api::{parse_id, parse_sku, timestamp},
+    ApiError, Violations,
+    api::{Page, parse_id, parse_sku, timestamp},
 };
 use tonic::{Request, Response, Status};
 
@@ -48,15 +48,26 @@ impl ReportingService for ReportingApi {
         &self,
         request: Request<GetCustomerOrderHistoryRequest>,
     ) -> Result<Response<CustomerOrderHistory>, Status> {
-        let customer_id = parse_id(&request.get_ref().customer_id)
-            .map_err(|error| ApiError::invalid("customer_id", error))?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let customer_id = violations.check("customer_id", parse_id(&request.customer_id));
+        let page = Page::parse(&mut violations, request.page_size, &request.page_token);
+        let before = page
+            .as_ref()
+            .and_then(|page| page.after.as_deref())
+            .and_then(|key| violations.check("page_token", parse_id(key)));
+        let (Some(customer_id), Some(page)) = (customer_id, page.filter(|_| violations.is_empty()))
+        else {
+            return Err(ApiError::from(violations).into());
+        };
         let mut conn = self.pool.get().await.map_err(ApiError::from)?;
         let customer = customers::find(&mut conn, customer_id)
             .await
             .map_err(ApiError::from)?;
-        let history = orders::history(&mut conn, customer_id)
+        let mut history = orders::history(&mut conn, customer_id, before, page.size + 1)
             .await
             .map_err(ApiError::from)?;
+        let next_page_token = page.finish(&mut history, |order| order.order_id.to_string());
         let Some(customer) = customer.or_else(|| {
             (!history.is_empty()).then(|| customers::CustomerView {
                 customer_id,
@@ -88,6 +99,7 @@ impl ReportingService for ReportingApi {
                     stock: order.stock,
                 })
                 .collect(),
+            next_page_token,
         }))
     }
 

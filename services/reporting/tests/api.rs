@@ -103,6 +103,7 @@ async fn events_in_any_order_project_the_same_history_and_sales() {
         let mut client = client.clone();
         let request = GetCustomerOrderHistoryRequest {
             customer_id: customer.clone(),
+            ..Default::default()
         };
         async move {
             let history = client
@@ -146,10 +147,21 @@ async fn bad_and_unknown_requests_are_refused_clearly() {
     let (_env, _app, mut client) = spawn_app().await;
     let history = |id: &str| GetCustomerOrderHistoryRequest {
         customer_id: id.into(),
+        ..Default::default()
     };
     assert_invalid(
         client.get_customer_order_history(history("x")).await,
         &["customer_id"],
+    );
+    assert_invalid(
+        client
+            .get_customer_order_history(GetCustomerOrderHistoryRequest {
+                customer_id: "x".into(),
+                page_size: 1001,
+                page_token: "***".into(),
+            })
+            .await,
+        &["customer_id", "page_size", "page_token"],
     );
     let status = client
         .get_customer_order_history(history(&Uuid::now_v7().to_string()))
@@ -194,4 +206,100 @@ async fn bad_and_unknown_requests_are_refused_clearly() {
         .into_inner();
     assert!(overview.partial);
     assert_eq!(overview.unavailable, ["customer", "order"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_comes_in_pages_newest_first() {
+    let (env, _app, mut client) = spawn_app().await;
+    let customer = Uuid::now_v7().to_string();
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        let order = Uuid::now_v7().to_string();
+        env.publish(&OrderCreated {
+            order_id: order.clone(),
+            customer_id: customer.clone(),
+            total_cents: 100,
+            ..Default::default()
+        })
+        .await;
+        orders.push(order);
+    }
+    let page = |token: String| GetCustomerOrderHistoryRequest {
+        customer_id: customer.clone(),
+        page_size: 2,
+        page_token: token,
+    };
+    eventually("five orders in the read model", WAIT, || {
+        let (mut client, request) = (client.clone(), page(String::new()));
+        async move {
+            let first = client.get_customer_order_history(request).await.ok()?;
+            (first.get_ref().orders.len() == 2 && !first.get_ref().next_page_token.is_empty())
+                .then_some(())
+        }
+    })
+    .await;
+    // Wait until the oldest is there too, then walk the pages.
+    eventually("the oldest order in the read model", WAIT, || {
+        let mut client = client.clone();
+        let request = GetCustomerOrderHistoryRequest {
+            customer_id: customer.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        };
+        async move {
+            let all = client.get_customer_order_history(request).await.ok()?;
+            (all.get_ref().orders.len() == 5).then_some(())
+        }
+    })
+    .await;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    for expected in [2, 2, 1] {
+        let answer = client
+            .get_customer_order_history(page(token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.orders.len(), expected);
+        seen.extend(answer.orders.into_iter().map(|o| o.order_id));
+        token = answer.next_page_token;
+    }
+    assert!(token.is_empty(), "no page after the last");
+    orders.reverse();
+    assert_eq!(seen, orders, "newest first, each order once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_outlives_the_server_deadline_is_cut_off() {
+    let env = TestEnv::new().await;
+    // Accepts connections and never answers: composition would wait for its
+    // own 10 s timeout, but the server's deadline comes first.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = format!("http://{}", silent.local_addr().unwrap());
+    let args = [
+        "--customer-addr",
+        &silent_addr,
+        "--order-addr",
+        &silent_addr,
+        "--inventory-addr",
+        &silent_addr,
+        "--composition-timeout",
+        "10s",
+        "--grpc-timeout",
+        "300ms",
+    ];
+    let config: Config = env.config_for(&SERVICE, &env.database, &args);
+    let app = env.spawn(&SERVICE, config, build).await;
+    let mut client = ReportingServiceClient::new(app.channel());
+    let started = std::time::Instant::now();
+    let status = client
+        .get_customer_overview(GetCustomerOverviewRequest {
+            customer_id: Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    // tonic answers an expired server deadline with CANCELLED.
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
 }

@@ -170,6 +170,7 @@ async fn a_client_writes_through_one_replica_and_reads_the_whole_flow_through_th
             .clone()
             .get_customer_order_history(GetCustomerOrderHistoryRequest {
                 customer_id: customer.clone(),
+                ..Default::default()
             })
             .await
             .ok()?

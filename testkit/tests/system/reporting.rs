@@ -232,8 +232,11 @@ async fn read_models_match_the_sources_after_a_burst_and_rebuild_identically() {
         );
         async move {
             for customer in customers {
+                // One page holds a customer's whole burst.
                 let request = GetCustomerOrderHistoryRequest {
                     customer_id: customer.clone(),
+                    page_size: 1000,
+                    ..Default::default()
                 };
                 let history = reporting
                     .get_customer_order_history(request)

@@ -178,19 +178,22 @@ pub async fn recount(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResul
     Ok(())
 }
 
-/// Most orders a history returns.
-pub const HISTORY_LIMIT: i64 = 1000;
-
-/// A customer's orders, newest first (order IDs are time-ordered UUIDv7).
+/// A page of a customer's orders, newest first (order IDs are time-ordered
+/// UUIDv7), older than `before` if given; at most `limit` rows.
 pub async fn history(
     conn: &mut AsyncPgConnection,
     customer_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
 ) -> QueryResult<Vec<OrderView>> {
-    order_view::table
+    let mut query = order_view::table
         .filter(order_view::customer_id.eq(customer_id))
         .order(order_view::order_id.desc())
-        .limit(HISTORY_LIMIT)
+        .limit(limit)
         .select(OrderView::as_select())
-        .load(conn)
-        .await
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(order_view::order_id.lt(before));
+    }
+    query.load(conn).await
 }
