@@ -19,19 +19,43 @@ pub trait Event: prost::Message + Default + Send + Sync + 'static {
     fn aggregate_id(&self) -> &str;
 }
 
-macro_rules! events {
-    ($($ty:ty => $source:literal, $key:literal, $proto:literal, $aggregate:literal, $id:ident;)*) => {$(
-        impl Event for $ty {
-            const SOURCE: &'static str = $source;
-            const TYPE: &'static str = $key;
-            const PROTO_NAME: &'static str = $proto;
-            const AGGREGATE: &'static str = $aggregate;
+/// One event type of [`ALL_EVENTS`]: the constants of its [`Event`] impl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventType {
+    /// [`Event::SOURCE`]: the publishing service.
+    pub source: &'static str,
+    /// [`Event::TYPE`]: the routing key.
+    pub routing_key: &'static str,
+    /// [`Event::PROTO_NAME`]: the protobuf message, CloudEvents `type`.
+    pub proto_name: &'static str,
+    /// [`Event::AGGREGATE`].
+    pub aggregate: &'static str,
+}
 
-            fn aggregate_id(&self) -> &str {
-                &self.$id
+macro_rules! events {
+    ($($ty:ty => $source:literal, $key:literal, $proto:literal, $aggregate:literal, $id:ident;)*) => {
+        $(
+            impl Event for $ty {
+                const SOURCE: &'static str = $source;
+                const TYPE: &'static str = $key;
+                const PROTO_NAME: &'static str = $proto;
+                const AGGREGATE: &'static str = $aggregate;
+
+                fn aggregate_id(&self) -> &str {
+                    &self.$id
+                }
             }
-        }
-    )*};
+        )*
+
+        /// Every [`Event`] implementation, from the same list that defines
+        /// them, so it cannot miss one: what `docs/asyncapi.yaml` must describe.
+        pub const ALL_EVENTS: &[EventType] = &[$(EventType {
+            source: <$ty as Event>::SOURCE,
+            routing_key: <$ty as Event>::TYPE,
+            proto_name: <$ty as Event>::PROTO_NAME,
+            aggregate: <$ty as Event>::AGGREGATE,
+        }),*];
+    };
 }
 
 events! {

@@ -6,13 +6,14 @@
 //! * [`Event`]: how each event message travels on the broker (which exchange,
 //!   which routing key). It is part of the contract, so it lives here beside
 //!   the messages; the `broker` crate moves any [`Event`] without knowing it.
+//!   [`ALL_EVENTS`] lists them all (checked against `docs/asyncapi.yaml`).
 //! * [`FILE_DESCRIPTOR_SET`]: every file above, for gRPC reflection.
 //!
 //! Services depend on this crate, never on each other.
 
 mod event;
 
-pub use event::Event;
+pub use event::{ALL_EVENTS, Event, EventType};
 
 /// Serialized `FileDescriptorSet` of every `.proto` under `proto/`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");

@@ -241,9 +241,16 @@ impl DeadLetter {
         header_str(&self.properties, key)
     }
 
-    /// Its CloudEvents type (`ce-type`, the protobuf message name).
+    /// Its CloudEvents type (`cloudEvents_type`, or `ce-type` from an
+    /// earlier release: the protobuf message name).
     pub fn ce_type(&self) -> Option<&str> {
-        self.header("ce-type")
+        self.ce_attribute("type")
+    }
+
+    /// Its CloudEvents attribute `name` (`id`, `time`, …), under either
+    /// header name.
+    pub fn ce_attribute(&self, name: &str) -> Option<&str> {
+        crate::envelope::ce_attribute(&self.properties, name)
     }
 
     /// Whether its `message_id` is `id`.

@@ -2,11 +2,18 @@
 //!
 //! AMQP properties: `message_id` = event UUID (the consumers' deduplication
 //! key), `content_type` `application/protobuf`, `type` = routing key,
-//! `timestamp`, `app_id` = publishing service, persistent delivery. Headers:
-//! the CloudEvents attributes `ce-specversion`, `ce-id`, `ce-source`, `ce-type`,
-//! `ce-time`, `ce-subject`, and the W3C `traceparent`. The headers are built
-//! when the event is written to the outbox and stored with it, so the relay
-//! publishes exactly what was committed.
+//! `timestamp`, `app_id` = publishing service, persistent delivery. Headers
+//! (AMQP application properties): the CloudEvents attributes named as the
+//! CloudEvents AMQP protocol binding names them, `cloudEvents_specversion`,
+//! `cloudEvents_id`, `cloudEvents_source`, `cloudEvents_type`,
+//! `cloudEvents_time`, `cloudEvents_subject` (its `datacontenttype` is the
+//! AMQP `content-type` property), and the W3C `traceparent`. The headers are
+//! built when the event is written to the outbox and stored with it, so the
+//! relay publishes exactly what was committed.
+//!
+//! Releases before this one wrote the HTTP binding's `ce-` names; readers
+//! ([`ce_attribute`]) accept both, so during a rolling upgrade (and for
+//! outbox rows written before it) old and new events are read alike.
 
 use chrono::{DateTime, Utc};
 use lapin::{
@@ -19,6 +26,10 @@ use uuid::Uuid;
 pub const CONTENT_TYPE: &str = "application/protobuf";
 /// Header holding the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
+/// Prefix of the CloudEvents attributes in AMQP application properties.
+pub const CLOUD_EVENTS_PREFIX: &str = "cloudEvents_";
+/// The prefix earlier releases used (the HTTP binding's).
+const LEGACY_PREFIX: &str = "ce-";
 const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// A W3C trace context (`traceparent`): which trace an event belongs to, so a
@@ -138,14 +149,22 @@ pub(crate) fn headers<E: dbps::Event>(
     trace: &TraceContext,
 ) -> serde_json::Value {
     serde_json::json!({
-        "ce-specversion": "1.0",
-        "ce-id": event_id.to_string(),
-        "ce-source": format!("/services/{}", E::SOURCE),
-        "ce-type": E::PROTO_NAME,
-        "ce-time": time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "ce-subject": event.aggregate_id(),
+        "cloudEvents_specversion": "1.0",
+        "cloudEvents_id": event_id.to_string(),
+        "cloudEvents_source": format!("/services/{}", E::SOURCE),
+        "cloudEvents_type": E::PROTO_NAME,
+        "cloudEvents_time": time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "cloudEvents_subject": event.aggregate_id(),
         TRACEPARENT: trace.traceparent(),
     })
+}
+
+/// The CloudEvents attribute `name` (`id`, `type`, `time`, …) of a message:
+/// its `cloudEvents_<name>` header, or the `ce-<name>` header that releases
+/// before the AMQP binding's names wrote.
+pub fn ce_attribute<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    header_str(properties, &format!("{CLOUD_EVENTS_PREFIX}{name}"))
+        .or_else(|| header_str(properties, &format!("{LEGACY_PREFIX}{name}")))
 }
 
 /// AMQP properties for an outbox row being published.
@@ -175,7 +194,7 @@ pub(crate) fn properties(
 }
 
 /// A header as text, if present and textual.
-pub(crate) fn header_str<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a str> {
+pub fn header_str<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a str> {
     let value = properties
         .headers()
         .as_ref()?
@@ -221,6 +240,22 @@ mod tests {
         let child = root.child();
         assert_eq!(child.trace_id(), root.trace_id());
         assert_ne!(child.traceparent(), root.traceparent());
+    }
+
+    #[test]
+    fn cloud_events_attributes_are_read_under_both_names() {
+        let mut new = FieldTable::default();
+        new.insert(
+            "cloudEvents_type".into(),
+            AMQPValue::LongString("a.v1.A".into()),
+        );
+        let mut old = FieldTable::default();
+        old.insert("ce-type".into(), AMQPValue::LongString("a.v1.A".into()));
+        for headers in [new, old] {
+            let properties = BasicProperties::default().with_headers(headers);
+            assert_eq!(ce_attribute(&properties, "type"), Some("a.v1.A"));
+            assert_eq!(ce_attribute(&properties, "time"), None);
+        }
     }
 
     #[test]

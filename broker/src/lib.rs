@@ -19,6 +19,7 @@
 //! * [`relay`]: [`Relay`] publishes the outbox; one active relay per service.
 //! * [`consumer`]: [`Consumer`] maps event types to handlers and runs them exactly once.
 //! * [`topology`]: exchange and queue names and declarations.
+//! * [`event_log`]: reading a consumer's event log (a stream) from a start to its end.
 //! * [`envelope`]: AMQP properties, CloudEvents headers and [`TraceContext`].
 //! * [`amqp`]: [`Amqp`], the one connection a process shares, reopened after loss.
 //! * [`pg`]: connections pinned to a schema, the outbox/inbox migrations.
@@ -31,6 +32,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod envelope;
 mod error;
+pub mod event_log;
 mod metrics;
 pub mod outbox;
 pub mod pg;

@@ -264,7 +264,11 @@ async fn a_dead_letter_is_listed_with_its_headers_and_replayed_exactly_once() {
     assert_eq!(death.queue, topology::queue(fx.prefix(), PROBE, "customer"));
     assert!(death.time.is_some());
     assert_eq!(letter.ce_type(), Some("customer.v1.CustomerRegistered"));
-    assert_eq!(letter.header("ce-id"), Some(id.to_string().as_str()));
+    assert_eq!(letter.ce_attribute("id"), Some(id.to_string().as_str()));
+    assert_eq!(
+        letter.header("cloudEvents_id"),
+        Some(id.to_string().as_str())
+    );
     assert!(letter.header("traceparent").is_some());
     assert_eq!(letter.payload, registered("ada").encode_to_vec());
     // The second browse saw the same message, headers and all.

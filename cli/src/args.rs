@@ -1,11 +1,14 @@
 //! The command line: flags, environment variables, `--help`.
 
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Operate a dbps deployment: the consumers' dead-letter queues, the
-/// publishers' outboxes, and the reporting rebuild.
+/// publishers' outboxes, the reporting rebuild, and the event log export.
 #[derive(Debug, Parser)]
 #[command(name = "dbps", version, propagate_version = true)]
 pub struct Cli {
@@ -59,6 +62,60 @@ pub enum Command {
     /// reporting event log (`<prefix>.reporting.log`) into them. A running
     /// reporting service may keep running.
     Replay(ReplayArgs),
+
+    /// Read the event log the reporting service keeps
+    /// (`<prefix>.reporting.log`, every event of every service).
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// Event log commands.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Write the event log as JSON lines, oldest first: one CloudEvents JSON
+    /// object per event (specversion, id, source, type, subject, time,
+    /// datacontenttype, routingkey, offset) whose `data` is the protobuf
+    /// payload in protobuf's canonical JSON. Stops at the entry that was the
+    /// log's last when the export started.
+    Export(ExportArgs),
+}
+
+/// What to export, and where to.
+#[derive(Args, Clone, Debug)]
+pub struct ExportArgs {
+    /// From the oldest event the log keeps (the default).
+    #[arg(long, conflicts_with = "since")]
+    pub from_start: bool,
+
+    /// Only events from TIME on: an RFC 3339 time (`2026-05-01T12:00:00Z`) or
+    /// a duration before now (`90m`, `2h`, `7days`).
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<DateTime<Utc>>,
+
+    /// Write the lines to FILE (created or truncated) instead of stdout, and
+    /// say on stdout how many were written.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Give up waiting for the next event after this many seconds (the log
+    /// lost entries to its retention meanwhile, or `--since` lies after its
+    /// end).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub idle_secs: u64,
+}
+
+/// An RFC 3339 time, or a duration before now.
+fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is neither an RFC 3339 time nor a duration like 90m or 2h")
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|ago| Utc::now().checked_sub_signed(ago))
+        .ok_or_else(|| format!("{text:?} reaches back too far"))
 }
 
 /// Dead-letter queue commands.
@@ -212,7 +269,7 @@ impl Cli {
                 outbox.inventory_database_url.as_str(),
             ]),
             Command::Replay(replay) => urls.push(&replay.reporting_database_url),
-            Command::Dlq(_) => {}
+            Command::Dlq(_) | Command::Events(_) => {}
         }
         urls
     }
@@ -248,5 +305,37 @@ mod tests {
         assert_eq!(consumers.selected(), vec![ConsumerName::Reporting]);
         assert!(Cli::try_parse_from(["dbps", "--amqp-prefix", "a b", "dlq", "list"]).is_err());
         assert!(Cli::try_parse_from(["dbps", "dlq", "list", "--consumer", "nobody"]).is_err());
+    }
+
+    #[test]
+    fn export_takes_a_time_or_a_duration_since_and_not_both_starts() {
+        let since = |text: &str| {
+            let cli = Cli::try_parse_from(["dbps", "events", "export", "--since", text])?;
+            let Command::Events(EventsCommand::Export(args)) = cli.command else {
+                panic!("parsed as events export");
+            };
+            Ok::<_, clap::Error>(args.since.unwrap())
+        };
+        assert_eq!(
+            since("2026-05-01T12:00:00+02:00").unwrap().to_rfc3339(),
+            "2026-05-01T10:00:00+00:00"
+        );
+        let two_hours_ago = since("2h").unwrap();
+        let expected = Utc::now() - chrono::Duration::hours(2);
+        assert!((two_hours_ago - expected).num_seconds().abs() < 5);
+        assert!(since("yesterday-ish").is_err());
+        assert!(
+            Cli::try_parse_from(["dbps", "events", "export", "--from-start", "--since", "1h"])
+                .is_err()
+        );
+        let cli = Cli::try_parse_from(["dbps", "events", "export", "-o", "x.jsonl"]).unwrap();
+        let Command::Events(EventsCommand::Export(args)) = cli.command else {
+            panic!("parsed as events export");
+        };
+        assert_eq!(
+            args.output.as_deref(),
+            Some(std::path::Path::new("x.jsonl"))
+        );
+        assert!(args.since.is_none());
     }
 }

@@ -4,6 +4,7 @@
 //!   through `broker::dlq`.
 //! * `dbps outbox status` ([`outbox`]): each publisher's unpublished backlog.
 //! * `dbps replay` ([`rebuild`]): the reporting rebuild.
+//! * `dbps events export` ([`export`]): the event log as JSON lines.
 //!
 //! Results go to stdout, logs (`RUST_LOG`, default `warn` but for lapin's
 //! reports of channels the broker closed) and errors to stderr; no password
@@ -11,6 +12,7 @@
 
 mod args;
 mod dlq;
+mod export;
 mod outbox;
 mod rebuild;
 mod secret;
@@ -19,7 +21,7 @@ use std::{io::Write, process::ExitCode};
 
 use clap::Parser;
 
-use crate::args::{Cli, Command, OutboxCommand};
+use crate::args::{Cli, Command, EventsCommand, OutboxCommand};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -51,6 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => dlq::run(command, &amqp, prefix, &mut out).await,
         Command::Outbox(OutboxCommand::Status(args)) => outbox::status(&args, &mut out).await,
         Command::Replay(args) => rebuild::run(&cli.amqp, &args, &amqp, &mut out).await,
+        Command::Events(EventsCommand::Export(args)) => {
+            export::run(&args, &amqp, &cli.amqp.amqp_url, prefix, &mut out).await
+        }
     };
     amqp.close().await;
     out.flush()?;

@@ -86,7 +86,7 @@ impl Applier {
             .as_ref()
             .and_then(|id| Uuid::parse_str(id.as_str()).ok())
             .ok_or("missing or non-UUID message_id")?;
-        let occurred_at = header_str(properties, "ce-time")
+        let occurred_at = crate::envelope::ce_attribute(properties, "time")
             .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
             .map(|time| time.with_timezone(&Utc));
         let trace = TraceContext::continue_or_start(header_str(properties, TRACEPARENT));

@@ -3,17 +3,14 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable},
-};
+use lapin::options::BasicAckOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Consumer, ConsumerConfig, ReplayStats,
     apply::{Applier, Outcome, Work},
 };
-use crate::{Amqp, BrokerError, pg::PgPool, topology};
+use crate::{Amqp, BrokerError, event_log, pg::PgPool, topology};
 
 impl Consumer {
     /// Applies every event of the consumer's event log (see
@@ -34,22 +31,8 @@ impl Consumer {
         let applier = Applier { routes, pool };
 
         let channel = amqp.channel().await?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut offset = FieldTable::default();
-        offset.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongString("first".into()),
-        );
-        let mut deliveries = channel
-            .basic_consume(
-                log.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                offset,
-            )
-            .await?;
+        let mut deliveries =
+            event_log::subscribe(&channel, &log, event_log::Start::First, config.prefetch).await?;
 
         let never = CancellationToken::new();
         let mut stats = ReplayStats::default();

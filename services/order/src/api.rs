@@ -333,7 +333,8 @@ impl OrderService for OrderApi {
     }
 }
 
-fn proto_lines(lines: &[LineRow]) -> Vec<OrderLine> {
+/// The proto lines of stored lines (the API's and the events' view).
+pub(crate) fn proto_lines(lines: &[LineRow]) -> Vec<OrderLine> {
     lines
         .iter()
         .map(|line| OrderLine {

@@ -11,6 +11,7 @@ use platform::api::timestamp;
 use uuid::Uuid;
 
 use crate::{
+    api::proto_lines,
     db::orders::{self, OrderRow},
     domain::{Decision, OrderStatus, Transition},
 };
@@ -38,7 +39,13 @@ pub async fn apply(
     reason: &str,
     trace: &TraceContext,
 ) -> diesel::QueryResult<Outcome> {
-    let Some(current) = orders::lock(conn, order_id).await? else {
+    // The lines ride along with the lock in the same round trip (pipelined):
+    // the events below carry them, and they never change.
+    let (current, lines) = {
+        let conn: &AsyncPgConnection = conn;
+        try_join!(orders::lock(conn, order_id), orders::lines(conn, order_id))?
+    };
+    let Some(current) = current else {
         return Ok(Outcome::Missing);
     };
     let Some(status) = OrderStatus::parse(&current.status) else {
@@ -63,6 +70,7 @@ pub async fn apply(
                     customer_id,
                     total_cents: current.total_cents,
                     approved_at: at,
+                    lines: proto_lines(&lines),
                 };
                 outbox.enqueue(conn, &event, trace).await.map(|_| ())
             }
@@ -72,6 +80,8 @@ pub async fn apply(
                     customer_id,
                     reason: reason.to_owned(),
                     rejected_at: at,
+                    lines: proto_lines(&lines),
+                    total_cents: current.total_cents,
                 };
                 outbox.enqueue(conn, &event, trace).await.map(|_| ())
             }
@@ -82,6 +92,8 @@ pub async fn apply(
                     reason: reason.to_owned(),
                     previous_status: status.to_proto().into(),
                     cancelled_at: at,
+                    lines: proto_lines(&lines),
+                    total_cents: current.total_cents,
                 };
                 outbox.enqueue(conn, &event, trace).await.map(|_| ())
             }

@@ -9,11 +9,15 @@ use dbps::{
     customer::v1::CustomerRegistered,
     inventory::v1::{ProductChanged, StockRejected, StockReserved},
     order::v1::{
-        CancelOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest, Order, OrderStatus,
-        PlaceOrderRequest, WatchOrderRequest, order_service_client::OrderServiceClient,
+        CancelOrderRequest, GetOrderRequest, LineItem, ListOrdersRequest, Order, OrderApproved,
+        OrderCancelled, OrderLine, OrderRejected, OrderStatus, PlaceOrderRequest,
+        WatchOrderRequest, order_service_client::OrderServiceClient,
     },
 };
+use diesel::{QueryableByName, sql_types::Bytea, sql_types::Text};
+use diesel_async::RunQueryDsl;
 use order_service::{SERVICE, startup::build};
+use prost::Message;
 use testkit::{Running, TestEnv, assert_invalid, eventually};
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
@@ -533,4 +537,112 @@ async fn watching_needs_an_existing_order() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+}
+
+impl App {
+    /// The payload of the `event_type` event the order service wrote about
+    /// `order_id` to its outbox: what the relay publishes, byte for byte (no
+    /// queue is bound to these events here, so the broker would not take them).
+    async fn published<E: Message + Default>(&self, event_type: &str, order_id: &str) -> E {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Bytea)]
+            payload: Vec<u8>,
+        }
+        let database = self.env.database.clone();
+        let payload = eventually(
+            &format!("{event_type} of {order_id} to be written"),
+            WAIT,
+            || {
+                let database = database.clone();
+                async move {
+                    let mut conn = testkit::admin_connection(&database).await;
+                    diesel::sql_query(
+                        "SELECT payload FROM orders.outbox \
+                     WHERE event_type = $1 AND aggregate_id = $2",
+                    )
+                    .bind::<Text, _>(event_type)
+                    .bind::<Text, _>(order_id)
+                    .get_result::<Row>(&mut conn)
+                    .await
+                    .ok()
+                    .map(|row| row.payload)
+                }
+            },
+        )
+        .await;
+        E::decode(&*payload).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approved_rejected_and_cancelled_events_carry_the_lines_and_total() {
+    let mut app = spawn_app().await;
+    let customer = app.customer().await;
+    app.product("TEA", 450, 1).await;
+    app.product("MUG", 1200, 1).await;
+    let first = app
+        .place(order(&customer, &[("TEA", 2), ("MUG", 1)], "first"))
+        .await;
+    let second = app.place(order(&customer, &[("MUG", 3)], "second")).await;
+    let expected_lines = vec![
+        OrderLine {
+            sku: "TEA".into(),
+            quantity: 2,
+            unit_price_cents: 450,
+        },
+        OrderLine {
+            sku: "MUG".into(),
+            quantity: 1,
+            unit_price_cents: 1200,
+        },
+    ];
+    assert_eq!(first.lines, expected_lines);
+    assert_eq!(first.total_cents, 2100);
+
+    app.env
+        .publish(&StockReserved {
+            order_id: first.order_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    app.env
+        .publish(&StockRejected {
+            order_id: second.order_id.clone(),
+            reason: "no MUG".into(),
+            sku: "MUG".into(),
+            ..Default::default()
+        })
+        .await;
+    app.wait_status(&first.order_id, OrderStatus::Approved)
+        .await;
+    app.wait_status(&second.order_id, OrderStatus::Rejected)
+        .await;
+    app.client
+        .cancel_order(cancel(&first.order_id, "changed my mind"))
+        .await
+        .unwrap();
+
+    let approved: OrderApproved = app.published("order.approved", &first.order_id).await;
+    assert_eq!(approved.lines, expected_lines);
+    assert_eq!(approved.total_cents, 2100);
+    assert_eq!(approved.customer_id, customer);
+
+    let rejected: OrderRejected = app.published("order.rejected", &second.order_id).await;
+    assert_eq!(
+        rejected.lines,
+        vec![OrderLine {
+            sku: "MUG".into(),
+            quantity: 3,
+            unit_price_cents: 1200,
+        }]
+    );
+    assert_eq!(rejected.total_cents, 3600);
+    assert_eq!(rejected.reason, "no MUG");
+
+    let cancelled: OrderCancelled = app.published("order.cancelled", &first.order_id).await;
+    assert_eq!(cancelled.lines, expected_lines);
+    assert_eq!(cancelled.total_cents, 2100);
+    assert_eq!(cancelled.previous_status(), OrderStatus::Approved);
+    assert_eq!(cancelled.reason, "changed my mind");
 }

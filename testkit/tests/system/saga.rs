@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dbps::order::v1::{CancelOrderRequest, OrderStatus};
+use dbps::order::v1::{CancelOrderRequest, OrderApproved, OrderCancelled, OrderLine, OrderStatus};
 use diesel::{
     QueryableByName,
     sql_types::{BigInt, Bool, Bytea, Text},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use prost::Message;
 use testkit::eventually;
 use tonic::Code;
 use uuid::Uuid;
@@ -115,6 +116,28 @@ async fn cancelling_an_approved_order_releases_stock_and_points(deployment: Depl
     system.wait_stock("LAMP", 4, 0).await;
     wait_ledger(&system, &order.order_id, (750, true)).await;
     assert_eq!(system.points(&customer).await, 0);
+
+    // The published approval and cancellation carry the order's lines and
+    // total, enough for analytics and replay without order.created.
+    let lines = vec![OrderLine {
+        sku: "LAMP".into(),
+        quantity: 3,
+        unit_price_cents: 2500,
+    }];
+    let approved = OrderApproved::decode(
+        &*published_payload(&system, "order.approved", &order.order_id).await,
+    )
+    .unwrap();
+    assert_eq!(
+        (approved.lines, approved.total_cents),
+        (lines.clone(), 7500)
+    );
+    let cancelled = OrderCancelled::decode(
+        &*published_payload(&system, "order.cancelled", &order.order_id).await,
+    )
+    .unwrap();
+    assert_eq!(cancelled.previous_status(), OrderStatus::Approved);
+    assert_eq!((cancelled.lines, cancelled.total_cents), (lines, 7500));
 
     // Nothing can happen to a cancelled order any more.
     let status = cancel(&system, &order.order_id, "").await.unwrap_err();
@@ -392,6 +415,34 @@ async fn outbox_event_id(
     .await
     .ok()
     .map(|row| row.event_id)
+}
+
+/// The payload of the order service's `event_type` event about `order_id`,
+/// once the broker has confirmed its publication.
+async fn published_payload(system: &System, event_type: &str, order_id: &str) -> Vec<u8> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Bytea)]
+        payload: Vec<u8>,
+    }
+    eventually(
+        &format!("{event_type} of {order_id} to be published"),
+        WAIT,
+        || async {
+            let mut conn = testkit::admin_connection(&system.databases[ORDER]).await;
+            diesel::sql_query(
+                "SELECT payload FROM orders.outbox \
+             WHERE event_type = $1 AND aggregate_id = $2 AND published_at IS NOT NULL",
+            )
+            .bind::<Text, _>(event_type)
+            .bind::<Text, _>(order_id)
+            .get_result::<Row>(&mut conn)
+            .await
+            .ok()
+            .map(|row| row.payload)
+        },
+    )
+    .await
 }
 
 async fn inbox_has(database: &str, schema: &str, message_id: Uuid) -> bool {

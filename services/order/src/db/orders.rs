@@ -65,14 +65,25 @@ pub async fn insert_lines(conn: &AsyncPgConnection, lines: &[LineRow]) -> QueryR
 
 /// The order, locked until the transaction ends (every change of an order
 /// takes this lock first).
-pub async fn lock(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<OrderRow>> {
+pub async fn lock(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<OrderRow>> {
     orders::table
         .find(order_id)
         .select(OrderRow::as_select())
         .for_update()
-        .first(conn)
+        .first(&mut &*conn)
         .await
         .optional()
+}
+
+/// The lines of one order, in line order. Lines never change once inserted,
+/// so this needs no lock and can be pipelined with [`lock`].
+pub async fn lines(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<Vec<LineRow>> {
+    order_lines::table
+        .filter(order_lines::order_id.eq(order_id))
+        .order(order_lines::line_no)
+        .select(LineRow::as_select())
+        .load(&mut &*conn)
+        .await
 }
 
 /// Sets a locked order's status.
