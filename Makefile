@@ -24,17 +24,37 @@ down: ## Stop exactly what `make up` started
 demo: ## Run the README's grpcurl walkthrough against the running system and check its results
 	@scripts/demo.sh
 
+.PHONY: cluster-up
+cluster-up: ## The production topology as native processes: 3 RabbitMQ nodes, a Postgres primary + replica per service, 2 replicas of each service
+	cargo build --release -p order-service -p customer-service -p inventory-service -p reporting-service
+	@scripts/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop exactly what `make cluster-up` started and delete its state directory
+	@scripts/cluster.sh down
+
+.PHONY: cluster-demo
+cluster-demo: ## Against `make cluster-up`: write through each service's replica 1, read through replica 2, check the whole flow
+	@scripts/cluster-demo.sh
+
 .PHONY: test
-test: $(VENV)/.installed ## Run every test: unit, gRPC integration, end to end, and the Python client
+test: $(VENV)/.installed clients/typescript/node_modules/.installed ## Run every test: unit, gRPC integration, end to end, and the Python and TypeScript clients
 	@scripts/ensure-infra.sh
 	cargo test --workspace
 	@scripts/python-client-test.sh
+	@scripts/typescript-client-test.sh
 
 .PHONY: faults
 faults: ## Fault suite R1-R6: real processes, injected faults, reconciliation (stops and restarts the local RabbitMQ and Postgres)
 	@scripts/ensure-infra.sh
 	cargo build --release --features failpoints -p order-service -p customer-service -p inventory-service -p reporting-service
 	cargo run --release -p faults -- --bin-dir target/release $(FAULTS_ARGS)
+
+.PHONY: cluster-faults
+cluster-faults: ## Cluster fault suite R7-R11: replicas, broker node and database failover under load (starts scripts/cluster.sh fresh, always stops it)
+	cargo build --release -p order-service -p customer-service -p inventory-service -p reporting-service -p faults
+	@scripts/cluster.sh up  # refuses if a cluster runs; stops what it started if it fails
+	@trap 'scripts/cluster.sh down' EXIT; target/release/faults --cluster $(CLUSTER_FAULTS_ARGS)
 
 .PHONY: bench
 bench: ## P1-P6 against raw baselines in one run (release build, about 10 min); target/bench/latest.json
@@ -49,12 +69,21 @@ bench-quick: ## The same figures from shorter runs (about 2 min)
 	target/release/bench --quick
 
 .PHONY: lint
-lint: ## Formatting, clippy with warnings denied, and buf lint of the contracts
+lint: ## Formatting, clippy with warnings denied, buf lint of the contracts, the Docker build context
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	@scripts/check-docker-context.sh
 	@if command -v buf >/dev/null; then buf lint; \
 	  elif command -v npx >/dev/null; then npx --yes @bufbuild/buf@1 lint; \
 	  else echo "buf not found (npm install -g @bufbuild/buf); skipping buf lint"; fi
+
+.PHONY: contracts
+contracts: ## The event and gRPC contracts: AsyncAPI validation, buf breaking against proto/released.binpb, code vs docs/asyncapi.yaml
+	@scripts/contracts.sh check
+
+.PHONY: contracts-release
+contracts-release: ## Rebuild proto/released.binpb (what buf breaking compares with) from the protos committed at HEAD
+	@scripts/contracts.sh release HEAD
 
 .PHONY: db
 db: ## Create each service's database role and schema (idempotent; done at start by make up)
@@ -87,4 +116,8 @@ clients: $(VENV)/.installed ## Generate the Python client stubs from proto/
 $(VENV)/.installed: clients/python/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r clients/python/requirements.txt
+	touch $@
+
+clients/typescript/node_modules/.installed: clients/typescript/package.json clients/typescript/package-lock.json
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
 	touch $@

@@ -33,6 +33,8 @@ while read -r member; do
   done
   ((covered)) || { echo "Dockerfile does not COPY workspace member $member"; failed=1; }
   # .dockerignore: a pattern matching the member or one of its parents excludes it.
+  # Patterns are globs on purpose (.dockerignore's own syntax).
+  # shellcheck disable=SC2254
   while read -r pattern; do
     pattern=${pattern%/}
     case "$pattern" in ''|'#'*|'!'*) continue ;; esac

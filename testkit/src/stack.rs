@@ -299,22 +299,7 @@ impl Stack {
     /// Registers `count` customers through the customer service, with emails
     /// `<tag><i>@<prefix>.example`; their IDs.
     pub async fn register_customers(&self, count: usize, tag: &str) -> anyhow::Result<Vec<String>> {
-        let mut client = CustomerServiceClient::new(self.channel("customer")?);
-        let mut ids = Vec::with_capacity(count);
-        for i in 0..count {
-            let request = RegisterCustomerRequest {
-                name: format!("Customer {i}"),
-                email: format!("{tag}{i}@{}.example", self.prefix),
-            };
-            ids.push(
-                client
-                    .register_customer(request)
-                    .await?
-                    .into_inner()
-                    .customer_id,
-            );
-        }
-        Ok(ids)
+        register_customers(self.channel("customer")?, count, tag, &self.prefix).await
     }
 
     /// Stops every process (SIGTERM, SIGKILL after 10 s), deletes the
@@ -362,6 +347,32 @@ impl Stack {
             .await?;
         Ok(())
     }
+}
+
+/// Registers `count` customers through the customer service at `channel`,
+/// with emails `<tag><i>@<domain>.example`; their IDs.
+pub async fn register_customers(
+    channel: Channel,
+    count: usize,
+    tag: &str,
+    domain: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut client = CustomerServiceClient::new(channel);
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let request = RegisterCustomerRequest {
+            name: format!("Customer {i}"),
+            email: format!("{tag}{i}@{domain}.example"),
+        };
+        ids.push(
+            client
+                .register_customer(request)
+                .await?
+                .into_inner()
+                .customer_id,
+        );
+    }
+    Ok(ids)
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -10,11 +10,18 @@
 //!
 //! It exits non-zero if anything was lost or applied twice.
 //!
+//! `faults --cluster` (`make cluster-faults`) runs R7–R11 instead, against
+//! the replicated topology `scripts/cluster.sh` runs (two replicas of each
+//! service, three RabbitMQ nodes, a primary and a replica of each database);
+//! there a skipped scenario fails the run.
+//!
 //! * `testkit::stack`: the service processes; [`load`]: the clients;
-//!   [`reconcile`]: what must hold afterwards; [`scenarios`]: R1–R6.
+//!   [`reconcile`]: what must hold afterwards; [`scenarios`]: R1–R6;
+//!   [`cluster`]: R7–R11.
 // A command-line tool: it reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cluster;
 mod load;
 mod reconcile;
 mod scenarios;
@@ -36,9 +43,14 @@ pub struct Options {
     /// Orders per second the clients aim for.
     #[arg(long, env = "FAULT_RATE", default_value_t = 200)]
     pub rate: u32,
-    /// Scenarios to run (R1..R6), comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "R1,R2,R3,R4,R5,R6")]
+    /// Scenarios to run, comma separated (default: R1..R6, or R7..R11 with
+    /// `--cluster`).
+    #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
+    /// Run the cluster suite R7–R11 against the topology `scripts/cluster.sh
+    /// up` started (which it does not start or stop itself).
+    #[arg(long)]
+    pub cluster: bool,
     /// Where the service binaries are (built with `--features failpoints`).
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
@@ -89,8 +101,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        if options.cluster {
+            return cluster::run_all(&options).await;
+        }
         let mut failed = false;
-        for name in &options.scenarios {
+        let all = ["R1", "R2", "R3", "R4", "R5", "R6"].map(String::from);
+        let scenarios = if options.scenarios.is_empty() {
+            &all[..]
+        } else {
+            &options.scenarios[..]
+        };
+        for name in scenarios {
             match scenarios::run(name, &options).await {
                 Ok(report) => {
                     println!("{report}");

@@ -39,20 +39,22 @@ use crate::{
 
 /// One scenario's result.
 pub struct Report {
-    id: String,
-    name: &'static str,
-    orders: usize,
-    verdict: Verdict,
-    recovery: Option<Duration>,
-    expected_dead_letters: BTreeMap<String, u32>,
-    details: Vec<String>,
+    pub(crate) id: String,
+    pub(crate) name: &'static str,
+    pub(crate) orders: usize,
+    pub(crate) verdict: Verdict,
+    pub(crate) recovery: Option<Duration>,
+    pub(crate) expected_dead_letters: BTreeMap<String, u32>,
+    /// `key=value` figures printed on the scenario's first line.
+    pub(crate) headline: Vec<String>,
+    pub(crate) details: Vec<String>,
     /// Checks of the scenario's own that failed.
-    failures: Vec<String>,
-    skipped: Option<String>,
+    pub(crate) failures: Vec<String>,
+    pub(crate) skipped: Option<String>,
 }
 
 impl Report {
-    fn skipped(id: &str, name: &'static str, why: String) -> Report {
+    pub(crate) fn skipped(id: &str, name: &'static str, why: String) -> Report {
         Report {
             id: id.to_owned(),
             name,
@@ -60,6 +62,7 @@ impl Report {
             verdict: Verdict::default(),
             recovery: None,
             expected_dead_letters: BTreeMap::new(),
+            headline: Vec::new(),
             details: Vec::new(),
             failures: Vec::new(),
             skipped: Some(why),
@@ -88,6 +91,9 @@ impl fmt::Display for Report {
             "{} {}: orders={} lost={} doubled={} recovery_ms={recovery}",
             self.id, self.name, self.orders, self.verdict.lost, self.verdict.doubled
         )?;
+        for figure in &self.headline {
+            write!(f, " {figure}")?;
+        }
         let v = &self.verdict;
         write!(
             f,
@@ -188,7 +194,7 @@ impl Run {
 
 /// The longest time no order was accepted during the load: what clients saw
 /// of the fault.
-fn longest_gap(outcome: &Outcome) -> Duration {
+pub(crate) fn longest_gap(outcome: &Outcome) -> Duration {
     let mut times: Vec<Instant> = outcome.accepted.iter().map(|o| o.at).collect();
     times.sort();
     times
@@ -252,6 +258,7 @@ impl Run {
             verdict,
             recovery: settled,
             expected_dead_letters: self.expected_dead_letters,
+            headline: Vec::new(),
             details: self.details,
             failures: self.failures,
             skipped: None,
