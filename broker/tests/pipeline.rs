@@ -531,3 +531,80 @@ async fn a_commit_where_the_relay_stands_by_wakes_the_leader_elsewhere() {
     // Well before the leader's next poll: only the NOTIFY can have woken it.
     probe.wait_applied("from-here").await;
 }
+
+/// A nack (here: a full queue refusing, as a quorum queue refuses while it
+/// elects a leader) is published again within milliseconds, not after the
+/// 1 s backoff meant for events no queue takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nacked_event_is_published_again_within_milliseconds() {
+    let probe = Probe::new().await;
+    let channel = probe.amqp.channel().await.unwrap();
+    topology::declare_exchange(&channel, &probe.env.prefix, "customer")
+        .await
+        .unwrap();
+    // A queue of one message that refuses more, bound to the event, full.
+    let queue = format!("{}.tight", probe.env.prefix);
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            topology::exchange(&probe.env.prefix, "customer").into(),
+            "customer.registered".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    probe.publish_raw("filler", b"").await;
+
+    probe.start_relay().await;
+    let mut conn = probe.conn().await;
+    probe.enqueue(&mut conn, "nacked").await;
+    // Let the relay meet the full queue, then make room.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let filler = channel
+        .basic_get(
+            queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap();
+    assert!(filler.is_some(), "the filler held the queue");
+    let made_room = std::time::Instant::now();
+
+    eventually("the nacked event to be published", WAIT, || async {
+        (probe.unpublished().await == 0).then_some(())
+    })
+    .await;
+    #[derive(QueryableByName)]
+    struct Attempts {
+        #[diesel(sql_type = Integer)]
+        attempts: i32,
+    }
+    let row: Attempts = diesel::sql_query("SELECT attempts FROM outbox")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(row.attempts, 0, "published without the refusal backoff");
+    assert!(
+        made_room.elapsed() < Duration::from_millis(900),
+        "published {:?} after the queue had room",
+        made_room.elapsed()
+    );
+}
