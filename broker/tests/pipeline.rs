@@ -553,8 +553,9 @@ async fn a_nacked_event_is_published_again_within_milliseconds() {
     channel
         .queue_declare(
             queue.as_str().into(),
+            // Gone with the test's connection.
             QueueDeclareOptions {
-                auto_delete: true,
+                exclusive: true,
                 ..Default::default()
             },
             args,
