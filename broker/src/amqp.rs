@@ -130,8 +130,8 @@ impl Amqp {
                 }
             }
         }
-        // Next time, start after the last node tried.
-        current.node = (current.node + 1) % self.inner.urls.len();
+        // Every node refused: the next call starts the round again here.
+        current.node = first;
         Err(last_error.unwrap_or(BrokerError::Timeout("connecting to RabbitMQ")))
     }
 

@@ -34,9 +34,8 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeclareOptions, QueuePurgeOptions,
+        QueuePurgeOptions,
     },
-    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldArray, FieldTable, ShortString},
 };
 
@@ -479,33 +478,15 @@ pub async fn purge(amqp: &Amqp, prefix: &str, consumer: &str) -> Result<Option<u
 /// acknowledged); `None` when the queue does not exist.
 pub async fn message_count(amqp: &Amqp, queue: &str) -> Result<Option<u32>, BrokerError> {
     let channel = amqp.channel().await?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match declared {
-        Ok(declared) => {
+    match topology::queue_depth(&channel, queue).await {
+        Ok((ready, _consumers)) => {
             close(&channel, "counted").await;
-            Ok(Some(declared.message_count()))
+            Ok(Some(ready))
         }
         // The broker closed the channel with the error.
-        Err(error) if is_not_found(&error) => Ok(None),
-        Err(error) => Err(error.into()),
+        Err(error) if topology::is_not_found(&error) => Ok(None),
+        Err(error) => Err(error),
     }
-}
-
-fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(
-        error.kind(),
-        lapin::ErrorKind::ProtocolError(error)
-            if matches!(error.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-    )
 }
 
 async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, BrokerError> {

@@ -31,6 +31,8 @@ pub enum Start {
     /// second; a chunk holds several entries, so a few stored just before it
     /// may come along).
     Since(DateTime<Utc>),
+    /// The log's last chunk (its newest entries).
+    Last,
 }
 
 /// Subscribes to the stream `log` on `channel` from `start`, `prefetch`
@@ -46,6 +48,7 @@ pub async fn subscribe(
         .await?;
     let spec = match start {
         Start::First => AMQPValue::LongString("first".into()),
+        Start::Last => AMQPValue::LongString("last".into()),
         Start::Since(time) => {
             AMQPValue::Timestamp(u64::try_from(time.timestamp()).unwrap_or_default())
         }
@@ -87,12 +90,7 @@ pub async fn last_offset(
     quiet: Duration,
 ) -> Result<Option<u64>, BrokerError> {
     let channel = amqp.channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(OFFSET_HEADER.into(), AMQPValue::LongString("last".into()));
-    channel.basic_qos(1000, BasicQosOptions::default()).await?;
-    let mut entries = channel
-        .basic_consume(log.into(), "".into(), BasicConsumeOptions::default(), args)
-        .await?;
+    let mut entries = subscribe(&channel, log, Start::Last, 1000).await?;
     let mut last = None;
     let mut window = wait;
     while let Ok(next) = tokio::time::timeout(window, entries.next()).await {

@@ -25,6 +25,7 @@ use lapin::{
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
         QueueDeleteOptions,
     },
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable},
 };
 
@@ -150,8 +151,8 @@ impl QueueArgs {
 
 /// Declares `consumer`'s queue for `source` (and the exchange, dead-letter
 /// exchange and dead-letter queue it needs) and binds it to `routing_keys`.
-/// Returns the queue's name. The channel is closed by the broker if a queue
-/// exists with other arguments; [`declare_queue_on`] recovers from that.
+/// Returns the queue's name. If a queue exists with other arguments the
+/// broker refuses ([`is_precondition_failed`]) and closes the channel.
 pub async fn declare_queue(
     channel: &Channel,
     prefix: &str,
@@ -223,12 +224,23 @@ pub async fn declare_queue(
 }
 
 /// True when the broker refused a declaration because the queue or exchange
-/// exists with other arguments (`PRECONDITION_FAILED`, 406).
+/// exists with other arguments (`PRECONDITION_FAILED`; the channel is closed).
 pub fn is_precondition_failed(error: &BrokerError) -> bool {
+    refused_with(error, AMQPSoftError::PRECONDITIONFAILED)
+}
+
+/// True when the broker answered that the queue or exchange does not exist
+/// (`NOT_FOUND`; the channel is closed).
+pub fn is_not_found(error: &BrokerError) -> bool {
+    refused_with(error, AMQPSoftError::NOTFOUND)
+}
+
+fn refused_with(error: &BrokerError, code: AMQPSoftError) -> bool {
     matches!(
         error,
         BrokerError::Amqp(error)
-            if matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+            if matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp)
+                if *amqp.kind() == AMQPErrorKind::Soft(code))
     )
 }
 

@@ -15,7 +15,7 @@ use diesel::{QueryableByName, sql_types::Integer, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use lapin::{
     BasicProperties,
-    options::{BasicPublishOptions, QueueDeclareOptions},
+    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable},
 };
 use prost::{
@@ -202,17 +202,9 @@ async fn an_event_with_fields_this_consumer_does_not_know_is_applied_once() {
         }),
         "applied once, with the fields it knows"
     );
-    let dead_letters = channel
-        .queue_declare(
-            topology::dead_letter_queue(&env.prefix, "probe").into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
-    assert_eq!(dead_letters, 0, "nothing dead-lettered");
+    let dead_letters =
+        broker::dlq::message_count(&amqp, &topology::dead_letter_queue(&env.prefix, "probe"))
+            .await
+            .unwrap();
+    assert_eq!(dead_letters, Some(0), "nothing dead-lettered");
 }
