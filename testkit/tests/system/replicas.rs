@@ -259,12 +259,19 @@ async fn handlers_stay_right_when_competing_replicas_apply_events_out_of_order()
         };
         let request = order_request(&customer, "CHAIR", 1, &format!("race-{i}"));
         async move {
-            let order = orders
-                .clone()
-                .place_order(request)
-                .await
-                .unwrap()
-                .into_inner();
+            // UNAVAILABLE (a pool wait that timed out under this burst) is
+            // retryable: again, with the same idempotency key.
+            let order = eventually("the order to be placed", WAIT, || {
+                let (mut orders, request) = (orders.clone(), request.clone());
+                async move {
+                    match orders.place_order(request).await {
+                        Ok(order) => Some(order.into_inner()),
+                        Err(status) if status.code() == tonic::Code::Unavailable => None,
+                        Err(status) => panic!("{status:?}"),
+                    }
+                }
+            })
+            .await;
             if i % 2 == 0 {
                 // Cancelling may lose to a rejection: either ends the order.
                 let _ = other

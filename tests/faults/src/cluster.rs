@@ -41,7 +41,6 @@ use diesel::{
     sql_types::{Array, BigInt, Text},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use tokio::{process::Command, task::JoinHandle};
 use tonic::transport::Channel;
 
@@ -265,20 +264,11 @@ async fn queues(amqp: &broker::Amqp) -> anyhow::Result<(BTreeMap<String, u32>, V
     let dead_letters = reconcile::dead_letters(amqp, PREFIX).await?;
     let mut busy = Vec::new();
     let mut channel = amqp.channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
     for consumer in SERVICES {
         for source in SERVICES {
             let name = broker::topology::queue(PREFIX, consumer, source);
-            match channel
-                .queue_declare(name.clone().into(), passive, FieldTable::default())
-                .await
-            {
-                Ok(queue) if queue.message_count() > 0 => {
-                    busy.push(format!("{name}={}", queue.message_count()));
-                }
+            match broker::topology::queue_depth(&channel, &name).await {
+                Ok((ready, _consumers)) if ready > 0 => busy.push(format!("{name}={ready}")),
                 Ok(_) => {}
                 // No such queue (that consumer does not hear from that
                 // source): the broker closed the channel.

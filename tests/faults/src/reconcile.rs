@@ -26,7 +26,6 @@ use diesel::{
     sql_types::{Array, BigInt, Bool, Int4, Nullable, Text},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 
 use testkit::stack::{SERVICES, Stack};
 
@@ -198,14 +197,8 @@ pub async fn dead_letters(
     let mut counts = BTreeMap::new();
     for consumer in SERVICES {
         let queue = broker::topology::dead_letter_queue(prefix, consumer);
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await?;
-        counts.insert(consumer.to_owned(), declared.message_count());
+        let (ready, _consumers) = broker::topology::queue_depth(&channel, &queue).await?;
+        counts.insert(consumer.to_owned(), ready);
     }
     let _ = channel.close(200, "checked".into()).await;
     Ok(counts)
