@@ -11,13 +11,13 @@
 //!  <prefix>.<source>.events (topic) ──► <prefix>.<consumer>.<source> (quorum queue)
 //!                                                   │ manual ack, prefetch
 //!  consumer runtime: one transaction per batch ◄────┘
-//!     inbox insert (duplicate = skip) + handler, commit, then ack
+//!     inbox insert (duplicate = skip) + handlers run by run, commit, then ack
 //!     undecodable → dead-letter queue at once; failing → retried, then dead-lettered
 //! ```
 //!
-//! * [`outbox`]: [`Outbox::enqueue`] writes an event inside the caller's transaction.
+//! * [`outbox`]: [`Outbox::enqueue`] / [`Outbox::enqueue_all`] write events inside the caller's transaction.
 //! * [`relay`]: [`Relay`] publishes the outbox; one active relay per service.
-//! * [`consumer`]: [`Consumer`] maps event types to handlers and runs them exactly once.
+//! * [`consumer`]: [`Consumer`] maps event types to handlers and applies runs of events exactly once.
 //! * [`topology`]: exchange and queue names and declarations.
 //! * [`event_log`]: reading a consumer's event log (a stream) from a start to its end.
 //! * [`envelope`]: AMQP properties, CloudEvents headers and [`TraceContext`].

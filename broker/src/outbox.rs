@@ -25,7 +25,8 @@ pub fn notify_channel(schema: &str) -> String {
 
 /// Writes events to a service's outbox.
 ///
-/// Call [`Outbox::enqueue`] inside the same diesel transaction as the business
+/// Call [`Outbox::enqueue`] (or [`Outbox::enqueue_all`] for many events)
+/// inside the same diesel transaction as the business
 /// change the event describes, after locking or updating the aggregate's row:
 /// the event then exists if and only if the change committed, and events of one
 /// aggregate get outbox ids in commit order. After the commit, call
@@ -91,26 +92,53 @@ impl Outbox {
         event: &E,
         trace: &TraceContext,
     ) -> diesel::QueryResult<Uuid> {
+        let ids = self.enqueue_all(conn, [(event, trace)]).await?;
+        ids.into_iter()
+            .next()
+            .ok_or(diesel::result::Error::NotFound)
+    }
+
+    /// Records several events of one type with one insert, in the given
+    /// order (which is then their outbox order, as if enqueued one by one);
+    /// returns their IDs in that order. Each event continues its own trace.
+    /// Same rules as [`Outbox::enqueue`]; nothing is sent for no events.
+    pub async fn enqueue_all<'a, E: dbps::Event + 'a>(
+        &self,
+        conn: &AsyncPgConnection,
+        events: impl IntoIterator<Item = (&'a E, &'a TraceContext)>,
+    ) -> diesel::QueryResult<Vec<Uuid>> {
         debug_assert_eq!(
             E::SOURCE,
             &*self.source,
             "event published by the wrong service"
         );
-        let event_id = Uuid::now_v7();
-        let headers = envelope::headers(event, event_id, Utc::now(), &trace.child());
+        let now = Utc::now();
+        let mut ids = Vec::new();
+        let rows: Vec<_> = events
+            .into_iter()
+            .map(|(event, trace)| {
+                let event_id = Uuid::now_v7();
+                ids.push(event_id);
+                let headers = envelope::headers(event, event_id, now, &trace.child());
+                tracing::debug!(%event_id, event_type = E::TYPE, aggregate_id = event.aggregate_id(), "event enqueued");
+                (
+                    outbox::event_id.eq(event_id),
+                    outbox::aggregate_type.eq(E::AGGREGATE),
+                    outbox::aggregate_id.eq(event.aggregate_id()),
+                    outbox::event_type.eq(E::TYPE),
+                    outbox::payload.eq(event.encode_to_vec()),
+                    outbox::headers.eq(headers),
+                )
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(ids);
+        }
         diesel::insert_into(outbox::table)
-            .values((
-                outbox::event_id.eq(event_id),
-                outbox::aggregate_type.eq(E::AGGREGATE),
-                outbox::aggregate_id.eq(event.aggregate_id()),
-                outbox::event_type.eq(E::TYPE),
-                outbox::payload.eq(event.encode_to_vec()),
-                outbox::headers.eq(headers),
-            ))
+            .values(rows)
             .execute(&mut &*conn)
             .await?;
-        tracing::debug!(%event_id, event_type = E::TYPE, aggregate_id = event.aggregate_id(), "event enqueued");
-        Ok(event_id)
+        Ok(ids)
     }
 
     /// Wakes the relay after a transaction that enqueued events committed:

@@ -1,5 +1,5 @@
-//! Decoding deliveries and applying them exactly once: shared by the live
-//! queue consumers and the event-log replay.
+//! Decoding deliveries and applying them exactly once, run by run: shared by
+//! the live queue consumers and the event-log replay.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -11,12 +11,13 @@ use chrono::{DateTime, Utc};
 use diesel::ExpressionMethods;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use lapin::message::Delivery;
+use opentelemetry::trace::TraceContextExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::{HandlerError, Job, Meta, Route};
+use super::{Event, HandlerError, Meta, Route};
 use crate::{
     BrokerError, TraceContext, backoff_delay,
     envelope::{TRACEPARENT, header_str},
@@ -41,7 +42,8 @@ pub(super) struct Decoded {
     pub(super) event_id: Uuid,
     pub(super) occurred_at: Option<DateTime<Utc>>,
     trace: TraceContext,
-    job: Box<dyn Job>,
+    route: Arc<dyn Route>,
+    event: Event,
 }
 
 /// What became of one delivery in a batch.
@@ -95,14 +97,15 @@ impl Applier {
             occurred_at,
             trace: trace.clone(),
         };
-        let job = route
+        let event = route
             .decode(&delivery.data, meta)
             .map_err(|error| format!("undecodable payload: {error}"))?;
         Ok(Decoded {
             event_id,
             occurred_at,
             trace,
-            job,
+            route: route.clone(),
+            event,
         })
     }
 
@@ -131,10 +134,11 @@ impl Applier {
     /// Applies the batch in one transaction. Errs only when the database is
     /// unreachable.
     ///
-    /// The fast path records every event in the inbox with one insert and runs
-    /// the handlers of those not seen before, with no savepoints. Should one
-    /// handler fail, that transaction rolls back and the batch is applied
-    /// again with a savepoint per delivery, so only the failing one is undone.
+    /// The fast path records every event in the inbox with one insert and
+    /// hands those not seen before to their handlers run by run, with no
+    /// savepoints. Should one handler fail, that transaction rolls back and
+    /// the batch is applied again with a savepoint per delivery, each a run of
+    /// one, so only the failing one is undone.
     async fn apply(&self, work: &[Work]) -> Result<Vec<Outcome>, BrokerError> {
         let mut conn = self.pool.get().await?;
         let fast = conn
@@ -181,8 +185,8 @@ fn failed_commit(error: &diesel::result::Error, n: usize) -> Vec<Outcome> {
     vec![Outcome::Failed(format!("transaction failed: {error}")); n]
 }
 
-/// The fast path: one inbox insert for the batch, then the handler of every
-/// event it recorded. A repeated message ID within the batch counts once.
+/// The fast path: one inbox insert for the batch, then the handler of each
+/// run of new events. A repeated message ID within the batch counts once.
 async fn apply_all(conn: &mut AsyncPgConnection, work: &[Work]) -> Result<Vec<Outcome>, Abort> {
     let rows: Vec<_> = work
         .iter()
@@ -202,24 +206,30 @@ async fn apply_all(conn: &mut AsyncPgConnection, work: &[Work]) -> Result<Vec<Ou
         .into_iter()
         .collect();
     let mut outcomes = Vec::with_capacity(work.len());
+    let mut new = Vec::with_capacity(fresh.len());
     for item in work {
         if fresh.remove(&item.decoded.event_id) {
-            run_handler(conn, item).await.map_err(|error| match error {
-                HandlerError::Database(error) if pg::is_connection_error(&error) => {
-                    Abort::Unavailable(error)
-                }
-                error => Abort::Handler(error),
-            })?;
+            new.push(item);
             outcomes.push(Outcome::Applied);
         } else {
             outcomes.push(Outcome::Duplicate);
         }
     }
+    // Only adjacent deliveries of one type form a run: a handler never sees
+    // an event before one that came ahead of it.
+    for run in new.chunk_by(|a, b| a.delivery.routing_key == b.delivery.routing_key) {
+        run_handler(conn, run).await.map_err(|error| match error {
+            HandlerError::Database(error) if pg::is_connection_error(&error) => {
+                Abort::Unavailable(error)
+            }
+            error => Abort::Handler(error),
+        })?;
+    }
     Ok(outcomes)
 }
 
-/// The inbox insert and, for an event not seen before, its handler. True if
-/// applied, false if a duplicate.
+/// The inbox insert and, for an event not seen before, its handler (a run of
+/// one). True if applied, false if a duplicate.
 async fn apply_one(conn: &mut AsyncPgConnection, item: &Work) -> Result<bool, HandlerError> {
     let fresh = diesel::insert_into(inbox::table)
         .values((
@@ -231,20 +241,35 @@ async fn apply_one(conn: &mut AsyncPgConnection, item: &Work) -> Result<bool, Ha
         .await?
         == 1;
     if fresh {
-        run_handler(conn, item).await?;
+        run_handler(conn, &[item]).await?;
     }
     Ok(fresh)
 }
 
-/// Runs the event's handler in a span that continues the event's trace.
-async fn run_handler(conn: &mut AsyncPgConnection, item: &Work) -> Result<(), HandlerError> {
+/// Runs the handler of a run (non-empty, one event type) in a span that
+/// continues the trace of its first event and links to the others'.
+async fn run_handler(conn: &mut AsyncPgConnection, run: &[&Work]) -> Result<(), HandlerError> {
+    let Some(first) = run.first() else {
+        return Ok(());
+    };
     let span = tracing::info_span!(
         "apply",
-        event_type = %item.delivery.routing_key,
-        event_id = %item.decoded.event_id,
+        event_type = %first.delivery.routing_key,
+        event_id = %first.decoded.event_id,
+        events = run.len(),
     );
-    let _ = span.set_parent(item.decoded.trace.otel_context());
-    item.decoded.job.run(conn).instrument(span).await
+    let _ = span.set_parent(first.decoded.trace.otel_context());
+    for item in &run[1..] {
+        let context = item.decoded.trace.otel_context();
+        span.add_link(context.span().span_context().clone());
+    }
+    let events: Vec<&Event> = run.iter().map(|item| &item.decoded.event).collect();
+    first
+        .decoded
+        .route
+        .run(conn, &events)
+        .instrument(span)
+        .await
 }
 
 impl Outcome {

@@ -1,31 +1,40 @@
 //! Idempotent event consumers.
 //!
 //! A service builds one [`Consumer`] naming itself and mapping each event type
-//! it consumes to a handler: a plain async function of (transaction, event).
-//! [`Consumer::run`] then keeps one quorum queue per source service consumed,
-//! applying deliveries exactly once:
+//! it consumes to a handler: an async function of (transaction, the events of
+//! one run, in delivery order). [`Consumer::run`] then keeps one quorum queue
+//! per source service consumed, applying deliveries exactly once:
 //!
 //! 1. decode by routing key; an unknown type, a missing or non-UUID
 //!    `message_id` or an undecodable payload is rejected straight to the
 //!    dead-letter queue;
 //! 2. in one transaction per batch of ready deliveries: insert their
 //!    `message_id`s into `inbox` with one statement (those already there are
-//!    duplicates, skipped) and run the handler of each new one;
+//!    duplicates, skipped), split the new ones into runs (consecutive
+//!    deliveries of one event type, in delivery order; runs of different
+//!    types are never merged, so every handler sees the events in the order
+//!    they came) and hand each run to its type's handler at once, so that it
+//!    can apply them with a few multi-row statements;
 //! 3. commit, then ack. If a handler fails, the batch is applied again with a
-//!    savepoint per delivery, so the error rolls back that delivery's inbox
-//!    row and writes only; its message is requeued after a backoff (meanwhile
-//!    the deliveries behind it go on), until the queue's delivery limit
-//!    dead-letters it;
+//!    savepoint per delivery, each delivery a run of one, so the error rolls
+//!    back that delivery's inbox row and writes only; its message is requeued
+//!    after a backoff (meanwhile the deliveries behind it go on), until the
+//!    queue's delivery limit dead-letters it;
 //!    [`HandlerError::Reject`] dead-letters at once. If the
 //!    database itself is unreachable the batch is retried as a whole, without
 //!    spending the messages' delivery attempts.
+//!
+//! A handler must therefore give the same result for a run as for its
+//! events one by one: when one aggregate appears twice in a run, it applies
+//! the second event on top of the first (in memory, or by splitting its
+//! statements there).
 
 mod apply;
 mod gauges;
 mod replay;
 mod runtime;
 
-use std::{collections::BTreeMap, marker::PhantomData, sync::Arc, time::Duration};
+use std::{any::Any, collections::BTreeMap, marker::PhantomData, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
@@ -64,8 +73,8 @@ pub enum HandlerError {
 /// The boxed future a handler returns, borrowing the transaction's connection.
 pub type HandlerFuture<'c> = BoxFuture<'c, Result<(), HandlerError>>;
 
-type HandlerFn<E> =
-    dyn for<'c> Fn(&'c mut AsyncPgConnection, Received<E>) -> HandlerFuture<'c> + Send + Sync;
+type BatchHandlerFn<E> =
+    dyn for<'c> Fn(&'c mut AsyncPgConnection, Vec<Received<E>>) -> HandlerFuture<'c> + Send + Sync;
 
 /// Tuning of a consumer's queues.
 #[derive(Clone, Debug)]
@@ -153,25 +162,31 @@ impl Consumer {
         }
     }
 
-    /// Handles events of type `E` with `handler`, inside the transaction that
-    /// also records the event in the inbox.
+    /// Handles runs of events of type `E` with `handler`, inside the
+    /// transaction that also records the events in the inbox.
+    ///
+    /// A run is every new delivery of type `E` that came in a row within one
+    /// batch, in delivery order (after a handler failure, each delivery alone).
+    /// The handler applies them all or fails; it must give the same result as
+    /// applying them one at a time in that order, including when one
+    /// aggregate appears several times.
     ///
     /// ```ignore
-    /// fn credit<'c>(conn: &'c mut AsyncPgConnection, ev: Received<OrderCreated>) -> HandlerFuture<'c> {
-    ///     Box::pin(async move { /* diesel queries on conn */ Ok(()) })
+    /// fn credit<'c>(conn: &'c mut AsyncPgConnection, run: Vec<Received<OrderCreated>>) -> HandlerFuture<'c> {
+    ///     Box::pin(async move { /* multi-row diesel queries on conn */ Ok(()) })
     /// }
-    /// Consumer::new("customer").on::<OrderCreated, _>(credit);
+    /// Consumer::new("customer").on_batch::<OrderCreated, _>(credit);
     /// ```
-    pub fn on<E, H>(mut self, handler: H) -> Self
+    pub fn on_batch<E, H>(mut self, handler: H) -> Self
     where
         E: dbps::Event + Clone,
-        H: for<'c> Fn(&'c mut AsyncPgConnection, Received<E>) -> HandlerFuture<'c>
+        H: for<'c> Fn(&'c mut AsyncPgConnection, Vec<Received<E>>) -> HandlerFuture<'c>
             + Send
             + Sync
             + 'static,
     {
         let route: Arc<dyn Route> = Arc::new(TypedRoute::<E> {
-            handler: Arc::new(handler),
+            handler: Box::new(handler),
             _event: PhantomData,
         });
         let previous = self
@@ -181,6 +196,29 @@ impl Consumer {
             .insert(E::TYPE, route);
         debug_assert!(previous.is_none(), "two handlers for {}", E::TYPE);
         self
+    }
+
+    /// Handles events of type `E` one at a time with `handler`: a run's
+    /// events are applied in turn, each with its own round trips. For
+    /// handlers where that costs little; see [`Consumer::on_batch`].
+    pub fn on<E, H>(self, handler: H) -> Self
+    where
+        E: dbps::Event + Clone,
+        H: for<'c> Fn(&'c mut AsyncPgConnection, Received<E>) -> HandlerFuture<'c>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.on_batch::<E, _>(move |conn, run| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                for received in run {
+                    handler(conn, received).await?;
+                }
+                Ok(())
+            })
+        })
     }
 
     /// Also keeps every event this consumer handles in its event log, the
@@ -274,16 +312,19 @@ impl Consumer {
     }
 }
 
-/// Decodes one event type and prepares its handler.
+/// Decodes one event type and runs its handler over a run of them.
 trait Route: Send + Sync {
-    fn decode(&self, payload: &[u8], meta: Meta) -> Result<Box<dyn Job>, prost::DecodeError>;
+    /// The event as a `Received<E>` of the route's `E`.
+    fn decode(&self, payload: &[u8], meta: Meta) -> Result<Event, prost::DecodeError>;
+
+    /// Runs the handler over `run`, events this route decoded. Re-runnable
+    /// (the events are cloned), so a batch can be retried whole after the
+    /// database comes back, or delivery by delivery after a failure.
+    fn run<'c>(&'c self, conn: &'c mut AsyncPgConnection, run: &[&Event]) -> HandlerFuture<'c>;
 }
 
-/// A decoded event bound to its handler; re-runnable, so a batch can be
-/// retried whole after the database comes back.
-trait Job: Send + Sync {
-    fn run<'c>(&'c self, conn: &'c mut AsyncPgConnection) -> HandlerFuture<'c>;
-}
+/// A decoded event of a route's type, type-erased to travel in a batch.
+type Event = Box<dyn Any + Send + Sync>;
 
 /// Envelope fields every route needs.
 #[derive(Clone, Debug)]
@@ -294,32 +335,33 @@ struct Meta {
 }
 
 struct TypedRoute<E> {
-    handler: Arc<HandlerFn<E>>,
+    handler: Box<BatchHandlerFn<E>>,
     _event: PhantomData<fn() -> E>,
 }
 
 impl<E: dbps::Event + Clone> Route for TypedRoute<E> {
-    fn decode(&self, payload: &[u8], meta: Meta) -> Result<Box<dyn Job>, prost::DecodeError> {
+    fn decode(&self, payload: &[u8], meta: Meta) -> Result<Event, prost::DecodeError> {
         let event = E::decode(payload)?;
-        Ok(Box::new(TypedJob {
-            received: Received {
-                event,
-                event_id: meta.event_id,
-                occurred_at: meta.occurred_at,
-                trace: meta.trace,
-            },
-            handler: self.handler.clone(),
+        Ok(Box::new(Received {
+            event,
+            event_id: meta.event_id,
+            occurred_at: meta.occurred_at,
+            trace: meta.trace,
         }))
     }
-}
 
-struct TypedJob<E> {
-    received: Received<E>,
-    handler: Arc<HandlerFn<E>>,
-}
-
-impl<E: dbps::Event + Clone> Job for TypedJob<E> {
-    fn run<'c>(&'c self, conn: &'c mut AsyncPgConnection) -> HandlerFuture<'c> {
-        (self.handler)(conn, self.received.clone())
+    fn run<'c>(&'c self, conn: &'c mut AsyncPgConnection, run: &[&Event]) -> HandlerFuture<'c> {
+        // The applier only groups events under the route that decoded them.
+        let events: Option<Vec<Received<E>>> = run
+            .iter()
+            .map(|event| event.downcast_ref::<Received<E>>().cloned())
+            .collect();
+        match events {
+            Some(events) => (self.handler)(conn, events),
+            None => Box::pin(std::future::ready(Err(HandlerError::Reject(format!(
+                "an event of another type in a run of {}",
+                E::TYPE
+            ))))),
+        }
     }
 }
