@@ -6,8 +6,13 @@
 //!
 //! A per-order ledger ([`crate::db::ledger`], rules in
 //! [`crate::domain::apply_points`]) makes replays and out-of-order arrivals
-//! harmless. Each handler runs inside the consumer's transaction, after the
-//! event's ID was recorded in the inbox.
+//! harmless. Each handler takes a run of events of one type inside the
+//! consumer's transaction, after their IDs were recorded in the inbox, and
+//! applies them with a fixed number of statements: lock the customers and
+//! ledger entries involved, apply the rule event by event in memory, then
+//! write the entries, the summed balance changes and the events at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use broker::{Consumer, HandlerError, Outbox, Received, TraceContext};
 use chrono::Utc;
@@ -21,7 +26,10 @@ use platform::api::timestamp;
 use uuid::Uuid;
 
 use crate::{
-    db::{customers, ledger},
+    db::{
+        customers::{self, PointsChange},
+        ledger,
+    },
     domain::{PointsEvent, apply_points, points_for},
 };
 
@@ -29,95 +37,155 @@ use crate::{
 pub fn consumer(outbox: Outbox) -> Consumer {
     let (on_rejected, on_cancelled) = (outbox.clone(), outbox.clone());
     Consumer::new("customer")
-        .on::<OrderCreated, _>(move |conn, received: Received<OrderCreated>| {
-            let points = PointsEvent::Credit(points_for(received.event.total_cents));
-            let Received { event, trace, .. } = received;
-            Box::pin(move_points(
-                conn,
-                outbox.clone(),
-                event.order_id,
-                event.customer_id,
-                points,
-                trace,
-            ))
+        .on_batch::<OrderCreated, _>(move |conn, run| {
+            let moves = run
+                .into_iter()
+                .map(|Received { event, trace, .. }| Move {
+                    points: PointsEvent::Credit(points_for(event.total_cents)),
+                    order_id: event.order_id,
+                    customer_id: event.customer_id,
+                    trace,
+                })
+                .collect();
+            Box::pin(move_points(conn, outbox.clone(), moves))
         })
-        .on::<OrderRejected, _>(move |conn, received| {
-            let Received { event, trace, .. } = received;
-            Box::pin(move_points(
-                conn,
-                on_rejected.clone(),
-                event.order_id,
-                event.customer_id,
-                PointsEvent::Reverse,
-                trace,
-            ))
+        .on_batch::<OrderRejected, _>(move |conn, run| {
+            let moves = run
+                .into_iter()
+                .map(|Received { event, trace, .. }| Move {
+                    points: PointsEvent::Reverse,
+                    order_id: event.order_id,
+                    customer_id: event.customer_id,
+                    trace,
+                })
+                .collect();
+            Box::pin(move_points(conn, on_rejected.clone(), moves))
         })
-        .on::<OrderCancelled, _>(move |conn, received| {
-            let Received { event, trace, .. } = received;
-            Box::pin(move_points(
-                conn,
-                on_cancelled.clone(),
-                event.order_id,
-                event.customer_id,
-                PointsEvent::Reverse,
-                trace,
-            ))
+        .on_batch::<OrderCancelled, _>(move |conn, run| {
+            let moves = run
+                .into_iter()
+                .map(|Received { event, trace, .. }| Move {
+                    points: PointsEvent::Reverse,
+                    order_id: event.order_id,
+                    customer_id: event.customer_id,
+                    trace,
+                })
+                .collect();
+            Box::pin(move_points(conn, on_cancelled.clone(), moves))
         })
 }
 
+/// One event's move of an order's points, as received.
+struct Move {
+    order_id: String,
+    customer_id: String,
+    points: PointsEvent,
+    trace: TraceContext,
+}
+
+/// Applies a run of moves as if one by one, in order.
+///
+/// An order or a customer may appear several times in a run: the rule is
+/// applied in memory on top of the previous event's result, and each
+/// `LoyaltyPointsChanged` carries the balance and version after its own
+/// move. Only the final ledger entries and the summed balance changes are
+/// written.
 async fn move_points(
     conn: &mut AsyncPgConnection,
     outbox: Outbox,
-    order_id: String,
-    customer_id: String,
-    event: PointsEvent,
-    trace: TraceContext,
+    moves: Vec<Move>,
 ) -> Result<(), HandlerError> {
-    let order_id = parse(&order_id, "order_id")?;
-    let customer_id = parse(&customer_id, "customer_id")?;
+    let mut parsed = Vec::with_capacity(moves.len());
+    for m in moves {
+        let order_id = parse(&m.order_id, "order_id")?;
+        let customer_id = parse(&m.customer_id, "customer_id")?;
+        parsed.push((order_id, customer_id, m.points, m.trace));
+    }
+    let customer_ids: Vec<Uuid> = parsed
+        .iter()
+        .map(|(_, customer_id, ..)| *customer_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let order_ids: Vec<Uuid> = parsed
+        .iter()
+        .map(|(order_id, ..)| *order_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let conn: &AsyncPgConnection = conn;
     // Every change of a customer's points locks the customer first. The
     // ledger read is pipelined behind the lock: the server runs it once the
-    // lock is held, so it sees what the previous holder committed.
-    let (points, current) = try_join!(
-        customers::lock(conn, customer_id),
-        ledger::lock(conn, order_id)
+    // locks are held, so it sees what the previous holders committed.
+    let (mut points, mut entries) = try_join!(
+        customers::lock_all(conn, &customer_ids),
+        ledger::lock_all(conn, &order_ids)
     )?;
-    let Some(points) = points else {
-        return Err(HandlerError::Reject(format!(
-            "unknown customer {customer_id}"
-        )));
-    };
-    let Some((next, delta)) = apply_points(current, event) else {
-        tracing::info!(%order_id, ?event, "points for this order already settled");
-        return Ok(());
-    };
-    let entry = async {
-        match current {
-            None => ledger::insert(conn, order_id, customer_id, next).await,
-            Some(_) => ledger::update(conn, order_id, next).await,
-        }
-    };
-    if delta == 0 {
-        entry.await?;
-        return Ok(());
+    if let Some(unknown) = customer_ids.iter().find(|id| !points.contains_key(id)) {
+        return Err(HandlerError::Reject(format!("unknown customer {unknown}")));
     }
-    // The row is locked: the new balance is known without asking.
-    let changed = LoyaltyPointsChanged {
-        customer_id: customer_id.to_string(),
-        order_id: order_id.to_string(),
-        delta,
-        balance: points.balance + delta,
-        changed_at: Some(timestamp(Utc::now())),
-        version: points.version + 1,
-    };
-    // Three independent writes in one round trip.
+    let stored: HashSet<Uuid> = entries.keys().copied().collect();
+
+    // order → its customer, for every entry that changes
+    let mut touched: BTreeMap<Uuid, Uuid> = BTreeMap::new();
+    let mut changes: BTreeMap<Uuid, PointsChange> = BTreeMap::new();
+    let mut events = Vec::new();
+    for (order_id, customer_id, event, trace) in &parsed {
+        let Some((next, delta)) = apply_points(entries.get(order_id).copied(), *event) else {
+            tracing::info!(%order_id, ?event, "points for this order already settled");
+            continue;
+        };
+        entries.insert(*order_id, next);
+        touched.insert(*order_id, *customer_id);
+        if delta == 0 {
+            continue;
+        }
+        // The rows are locked: each new balance is known without asking.
+        let Some(balance) = points.get_mut(customer_id) else {
+            continue; // checked above
+        };
+        balance.balance += delta;
+        balance.version += 1;
+        let change = changes.entry(*customer_id).or_insert(PointsChange {
+            customer_id: *customer_id,
+            delta: 0,
+            changes: 0,
+        });
+        change.delta += delta;
+        change.changes += 1;
+        tracing::info!(%order_id, %customer_id, delta, balance = balance.balance, "loyalty points moved");
+        events.push((
+            LoyaltyPointsChanged {
+                customer_id: customer_id.to_string(),
+                order_id: order_id.to_string(),
+                delta,
+                balance: balance.balance,
+                changed_at: Some(timestamp(Utc::now())),
+                version: balance.version,
+            },
+            trace,
+        ));
+    }
+
+    let (mut created, mut updated) = (Vec::new(), Vec::new());
+    for (order_id, customer_id) in touched {
+        let Some(entry) = entries.get(&order_id).copied() else {
+            continue; // inserted above
+        };
+        if stored.contains(&order_id) {
+            updated.push((order_id, entry));
+        } else {
+            created.push((order_id, customer_id, entry));
+        }
+    }
+    let changes: Vec<PointsChange> = changes.into_values().collect();
+    // Independent writes, pipelined in one round trip.
     try_join!(
-        entry,
-        customers::add_points(conn, customer_id, delta),
-        outbox.enqueue(conn, &changed, &trace),
+        ledger::insert_all(conn, &created),
+        ledger::update_all(conn, &updated),
+        customers::add_points_all(conn, &changes),
+        outbox.enqueue_all(conn, events.iter().map(|(event, trace)| (event, *trace))),
     )?;
-    tracing::info!(%order_id, %customer_id, delta, balance = changed.balance, "loyalty points moved");
     Ok(())
 }
 

@@ -1,7 +1,12 @@
 //! Queries on `customers`.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    sql_types::{Array, BigInt, Uuid as SqlUuid},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -64,32 +69,60 @@ pub struct Points {
     pub version: i64,
 }
 
-/// Locks the customer's row until the transaction ends; its points, or `None`
-/// if unknown. Takes a shared connection so that the queries behind it can be
+/// Locks the rows of `customer_ids` until the transaction ends, in ID order
+/// (so that concurrent lockers cannot deadlock); the points of those that
+/// exist. Takes a shared connection so that the queries behind it can be
 /// pipelined (they run after it, on the server).
-pub async fn lock(conn: &AsyncPgConnection, customer_id: Uuid) -> QueryResult<Option<Points>> {
-    customers::table
-        .find(customer_id)
-        .select((customers::loyalty_points, customers::points_version))
+pub async fn lock_all(
+    conn: &AsyncPgConnection,
+    customer_ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, Points>> {
+    let rows: Vec<(Uuid, i64, i64)> = customers::table
+        .filter(customers::customer_id.eq_any(customer_ids))
+        .order(customers::customer_id)
+        .select((
+            customers::customer_id,
+            customers::loyalty_points,
+            customers::points_version,
+        ))
         .for_update()
-        .first(&mut &*conn)
-        .await
-        .optional()
+        .load(&mut &*conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, balance, version)| (id, Points { balance, version }))
+        .collect())
 }
 
-/// Adds `delta` (possibly negative) points to a customer locked by [`lock`],
-/// bumping the balance's version.
-pub async fn add_points(
-    conn: &AsyncPgConnection,
-    customer_id: Uuid,
-    delta: i64,
-) -> QueryResult<()> {
-    diesel::update(customers::table.find(customer_id))
-        .set((
-            customers::loyalty_points.eq(customers::loyalty_points + delta),
-            customers::points_version.eq(customers::points_version + 1),
-        ))
-        .execute(&mut &*conn)
-        .await
-        .map(|_| ())
+/// A change of one customer's points: `delta` (possibly negative) in
+/// `changes` steps, each bumping the balance's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PointsChange {
+    pub customer_id: Uuid,
+    pub delta: i64,
+    pub changes: i64,
+}
+
+/// Applies the changes to customers locked by [`lock_all`], in one statement
+/// (one change per customer).
+pub async fn add_points_all(conn: &AsyncPgConnection, changes: &[PointsChange]) -> QueryResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = changes.iter().map(|c| c.customer_id).collect();
+    let deltas: Vec<i64> = changes.iter().map(|c| c.delta).collect();
+    let steps: Vec<i64> = changes.iter().map(|c| c.changes).collect();
+    diesel::sql_query(
+        "UPDATE customers AS c
+            SET loyalty_points = c.loyalty_points + d.delta,
+                points_version = c.points_version + d.steps
+           FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS d(customer_id, delta, steps)
+          WHERE c.customer_id = d.customer_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<BigInt>, _>(deltas)
+    .bind::<Array<BigInt>, _>(steps)
+    .execute(&mut &*conn)
+    .await
+    .map(|_| ())
 }

@@ -7,53 +7,86 @@
 //!
 //! The queries take a shared connection so that they can be pipelined.
 
-use diesel::prelude::*;
+use std::collections::HashMap;
+
+use diesel::{
+    prelude::*,
+    sql_types::{Array, BigInt, Bool, Uuid as SqlUuid},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::loyalty_ledger;
 use crate::domain::Ledger;
 
-/// The order's entry, if any, locked until the transaction ends.
-pub async fn lock(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<Ledger>> {
-    let entry: Option<(i64, bool)> = loyalty_ledger::table
-        .find(order_id)
-        .select((loyalty_ledger::credited, loyalty_ledger::reversed))
-        .for_update()
-        .first(&mut &*conn)
-        .await
-        .optional()?;
-    Ok(entry.map(|(credited, reversed)| Ledger { credited, reversed }))
-}
-
-/// Creates the order's entry.
-pub async fn insert(
+/// The entries of `order_ids` that exist, locked until the transaction
+/// ends (in order ID order, so that concurrent lockers cannot deadlock).
+pub async fn lock_all(
     conn: &AsyncPgConnection,
-    order_id: Uuid,
-    customer_id: Uuid,
-    entry: Ledger,
-) -> QueryResult<()> {
-    diesel::insert_into(loyalty_ledger::table)
-        .values((
-            loyalty_ledger::order_id.eq(order_id),
-            loyalty_ledger::customer_id.eq(customer_id),
-            loyalty_ledger::credited.eq(entry.credited),
-            loyalty_ledger::reversed.eq(entry.reversed),
+    order_ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, Ledger>> {
+    let rows: Vec<(Uuid, i64, bool)> = loyalty_ledger::table
+        .filter(loyalty_ledger::order_id.eq_any(order_ids))
+        .order(loyalty_ledger::order_id)
+        .select((
+            loyalty_ledger::order_id,
+            loyalty_ledger::credited,
+            loyalty_ledger::reversed,
         ))
+        .for_update()
+        .load(&mut &*conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order_id, credited, reversed)| (order_id, Ledger { credited, reversed }))
+        .collect())
+}
+
+/// Creates entries: (order, its customer, entry), one per order.
+pub async fn insert_all(
+    conn: &AsyncPgConnection,
+    entries: &[(Uuid, Uuid, Ledger)],
+) -> QueryResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|(order_id, customer_id, entry)| {
+            (
+                loyalty_ledger::order_id.eq(*order_id),
+                loyalty_ledger::customer_id.eq(*customer_id),
+                loyalty_ledger::credited.eq(entry.credited),
+                loyalty_ledger::reversed.eq(entry.reversed),
+            )
+        })
+        .collect();
+    diesel::insert_into(loyalty_ledger::table)
+        .values(rows)
         .execute(&mut &*conn)
         .await
         .map(|_| ())
 }
 
-/// Replaces the order's entry.
-pub async fn update(conn: &AsyncPgConnection, order_id: Uuid, entry: Ledger) -> QueryResult<()> {
-    diesel::update(loyalty_ledger::table.find(order_id))
-        .set((
-            loyalty_ledger::credited.eq(entry.credited),
-            loyalty_ledger::reversed.eq(entry.reversed),
-            loyalty_ledger::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(&mut &*conn)
-        .await
-        .map(|_| ())
+/// Replaces entries locked by [`lock_all`], one statement for all (one
+/// entry per order).
+pub async fn update_all(conn: &AsyncPgConnection, entries: &[(Uuid, Ledger)]) -> QueryResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = entries.iter().map(|(id, _)| *id).collect();
+    let credited: Vec<i64> = entries.iter().map(|(_, e)| e.credited).collect();
+    let reversed: Vec<bool> = entries.iter().map(|(_, e)| e.reversed).collect();
+    diesel::sql_query(
+        "UPDATE loyalty_ledger AS l
+            SET credited = d.credited, reversed = d.reversed, updated_at = now()
+           FROM unnest($1::uuid[], $2::int8[], $3::bool[]) AS d(order_id, credited, reversed)
+          WHERE l.order_id = d.order_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<BigInt>, _>(credited)
+    .bind::<Array<Bool>, _>(reversed)
+    .execute(&mut &*conn)
+    .await
+    .map(|_| ())
 }
