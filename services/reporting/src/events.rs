@@ -3,6 +3,12 @@
 //! move forward, states carry versions, sales are recounted from the order's
 //! current state), so replays, redeliveries and a rebuild beside the live
 //! consumer all converge on the same read models.
+//!
+//! Each handler takes a run of events of one type and writes it with one
+//! upsert per table (one row per key: an upsert may not touch a row twice,
+//! so a key that appears twice in a run is merged in memory into the row a
+//! one-by-one application would have left), then recounts the sales of the
+//! orders the run touched.
 
 use broker::{Consumer, HandlerError, Received, consumer::HandlerFuture};
 use chrono::{DateTime, Utc};
@@ -16,7 +22,7 @@ use uuid::Uuid;
 
 use crate::db::{
     customers,
-    orders::{self, Line},
+    orders::{self, Created, Line},
     products::{self, ProductState},
 };
 
@@ -25,150 +31,169 @@ use crate::db::{
 pub fn consumer(event_log_max_age: Option<String>) -> Consumer {
     Consumer::new("reporting")
         .with_event_log(event_log_max_age)
-        .on::<CustomerRegistered, _>(customer_registered)
-        .on::<LoyaltyPointsChanged, _>(points_changed)
-        .on::<ProductChanged, _>(product_changed)
-        .on::<StockReserved, _>(|conn, r: Received<StockReserved>| {
-            stock(conn, r.event.order_id, "RESERVED", 1)
+        .on_batch::<CustomerRegistered, _>(customers_registered)
+        .on_batch::<LoyaltyPointsChanged, _>(points_changed)
+        .on_batch::<ProductChanged, _>(products_changed)
+        .on_batch::<StockReserved, _>(|conn, run: Vec<Received<StockReserved>>| {
+            let ids = run.into_iter().map(|r| r.event.order_id).collect();
+            stock(conn, ids, "RESERVED", 1)
         })
-        .on::<StockRejected, _>(|conn, r: Received<StockRejected>| {
-            stock(conn, r.event.order_id, "REJECTED", 1)
+        .on_batch::<StockRejected, _>(|conn, run: Vec<Received<StockRejected>>| {
+            let ids = run.into_iter().map(|r| r.event.order_id).collect();
+            stock(conn, ids, "REJECTED", 1)
         })
-        .on::<StockReleased, _>(|conn, r: Received<StockReleased>| {
-            stock(conn, r.event.order_id, "RELEASED", 2)
+        .on_batch::<StockReleased, _>(|conn, run: Vec<Received<StockReleased>>| {
+            let ids = run.into_iter().map(|r| r.event.order_id).collect();
+            stock(conn, ids, "RELEASED", 2)
         })
-        .on::<OrderCreated, _>(order_created)
-        .on::<OrderApproved, _>(|conn, r: Received<OrderApproved>| {
-            order_status(
-                conn,
-                r.event.order_id,
-                r.event.customer_id,
-                "APPROVED",
-                1,
-                String::new(),
-            )
+        .on_batch::<OrderCreated, _>(orders_created)
+        .on_batch::<OrderApproved, _>(|conn, run: Vec<Received<OrderApproved>>| {
+            let moves = run
+                .into_iter()
+                .map(|r| (r.event.order_id, r.event.customer_id, String::new()))
+                .collect();
+            order_status(conn, moves, "APPROVED", 1)
         })
-        .on::<OrderRejected, _>(|conn, r: Received<OrderRejected>| {
-            order_status(
-                conn,
-                r.event.order_id,
-                r.event.customer_id,
-                "REJECTED",
-                2,
-                r.event.reason,
-            )
+        .on_batch::<OrderRejected, _>(|conn, run: Vec<Received<OrderRejected>>| {
+            let moves = run
+                .into_iter()
+                .map(|r| (r.event.order_id, r.event.customer_id, r.event.reason))
+                .collect();
+            order_status(conn, moves, "REJECTED", 2)
         })
-        .on::<OrderCancelled, _>(|conn, r: Received<OrderCancelled>| {
-            order_status(
-                conn,
-                r.event.order_id,
-                r.event.customer_id,
-                "CANCELLED",
-                2,
-                r.event.reason,
-            )
+        .on_batch::<OrderCancelled, _>(|conn, run: Vec<Received<OrderCancelled>>| {
+            let moves = run
+                .into_iter()
+                .map(|r| (r.event.order_id, r.event.customer_id, r.event.reason))
+                .collect();
+            order_status(conn, moves, "CANCELLED", 2)
         })
 }
 
-fn customer_registered<'c>(
+fn customers_registered<'c>(
     conn: &'c mut AsyncPgConnection,
-    r: Received<CustomerRegistered>,
+    run: Vec<Received<CustomerRegistered>>,
 ) -> HandlerFuture<'c> {
     Box::pin(async move {
-        let id = parse(&r.event.customer_id)?;
-        customers::registered(conn, id, &r.event.name, &r.event.email).await?;
+        let mut rows = Vec::with_capacity(run.len());
+        for r in &run {
+            rows.push((
+                parse(&r.event.customer_id)?,
+                r.event.name.as_str(),
+                r.event.email.as_str(),
+            ));
+        }
+        customers::registered_all(conn, &rows).await?;
         Ok(())
     })
 }
 
 fn points_changed<'c>(
     conn: &'c mut AsyncPgConnection,
-    r: Received<LoyaltyPointsChanged>,
+    run: Vec<Received<LoyaltyPointsChanged>>,
 ) -> HandlerFuture<'c> {
     Box::pin(async move {
-        let id = parse(&r.event.customer_id)?;
-        customers::balance(conn, id, r.event.balance, r.event.version).await?;
+        let mut rows = Vec::with_capacity(run.len());
+        for r in &run {
+            rows.push((
+                parse(&r.event.customer_id)?,
+                r.event.balance,
+                r.event.version,
+            ));
+        }
+        customers::balance_all(conn, &rows).await?;
         Ok(())
     })
 }
 
-fn product_changed<'c>(
+fn products_changed<'c>(
     conn: &'c mut AsyncPgConnection,
-    r: Received<ProductChanged>,
+    run: Vec<Received<ProductChanged>>,
 ) -> HandlerFuture<'c> {
     Box::pin(async move {
-        let p = &r.event;
-        let state = ProductState {
-            sku: &p.sku,
-            name: &p.name,
-            price_cents: p.price_cents,
-            available: p.available,
-            reserved: p.reserved,
-            version: p.version,
-        };
-        products::changed(conn, &state).await?;
+        let states: Vec<ProductState<'_>> = run
+            .iter()
+            .map(|r| {
+                let p = &r.event;
+                ProductState {
+                    sku: &p.sku,
+                    name: &p.name,
+                    price_cents: p.price_cents,
+                    available: p.available,
+                    reserved: p.reserved,
+                    version: p.version,
+                }
+            })
+            .collect();
+        products::changed_all(conn, &states).await?;
         Ok(())
     })
 }
 
 fn stock<'c>(
     conn: &'c mut AsyncPgConnection,
-    order_id: String,
+    order_ids: Vec<String>,
     stock: &'static str,
     rank: i32,
 ) -> HandlerFuture<'c> {
     Box::pin(async move {
-        orders::stock(conn, parse(&order_id)?, stock, rank).await?;
+        let ids = order_ids
+            .iter()
+            .map(|id| parse(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        orders::stock_all(conn, &ids, stock, rank).await?;
         Ok(())
     })
 }
 
-fn order_created<'c>(
+fn orders_created<'c>(
     conn: &'c mut AsyncPgConnection,
-    r: Received<OrderCreated>,
+    run: Vec<Received<OrderCreated>>,
 ) -> HandlerFuture<'c> {
     Box::pin(async move {
-        let order = &r.event;
-        let order_id = parse(&order.order_id)?;
-        let lines: Vec<Line> = order
-            .lines
-            .iter()
-            .map(|line| Line {
-                sku: &line.sku,
-                quantity: line.quantity,
-                unit_price_cents: line.unit_price_cents,
-            })
-            .collect();
-        let created_at = order
-            .created_at
-            .as_ref()
-            .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?));
-        orders::created(
-            conn,
-            order_id,
-            parse(&order.customer_id)?,
-            order.total_cents,
-            created_at,
-            &lines,
-        )
-        .await?;
-        orders::recount(conn, order_id).await?;
+        let mut created = Vec::with_capacity(run.len());
+        for r in &run {
+            let order = &r.event;
+            created.push(Created {
+                order_id: parse(&order.order_id)?,
+                customer_id: parse(&order.customer_id)?,
+                total_cents: order.total_cents,
+                created_at: order.created_at.as_ref().and_then(|t| {
+                    DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+                }),
+                lines: order
+                    .lines
+                    .iter()
+                    .map(|line| Line {
+                        sku: &line.sku,
+                        quantity: line.quantity,
+                        unit_price_cents: line.unit_price_cents,
+                    })
+                    .collect(),
+            });
+        }
+        orders::created_all(conn, &created).await?;
+        let ids: Vec<Uuid> = created.iter().map(|order| order.order_id).collect();
+        orders::recount_all(conn, &ids).await?;
         Ok(())
     })
 }
 
+/// Moves each (order, customer, reason) to `status`.
 fn order_status<'c>(
     conn: &'c mut AsyncPgConnection,
-    order_id: String,
-    customer_id: String,
+    moves: Vec<(String, String, String)>,
     status: &'static str,
     rank: i32,
-    reason: String,
 ) -> HandlerFuture<'c> {
     Box::pin(async move {
-        let order_id = parse(&order_id)?;
-        orders::status(conn, order_id, parse(&customer_id)?, status, rank, &reason).await?;
-        orders::recount(conn, order_id).await?;
+        let mut rows = Vec::with_capacity(moves.len());
+        for (order_id, customer_id, reason) in &moves {
+            rows.push((parse(order_id)?, parse(customer_id)?, reason.as_str()));
+        }
+        orders::status_all(conn, &rows, status, rank).await?;
+        let ids: Vec<Uuid> = rows.iter().map(|(order_id, ..)| *order_id).collect();
+        orders::recount_all(conn, &ids).await?;
         Ok(())
     })
 }

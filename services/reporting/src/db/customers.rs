@@ -1,5 +1,7 @@
 //! `customer_view`: who a customer is and their loyalty balance.
 
+use std::collections::BTreeMap;
+
 use diesel::{prelude::*, upsert::excluded};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -16,19 +18,33 @@ pub struct CustomerView {
     pub loyalty_points: i64,
 }
 
-/// Records name and email (keeping any balance already projected).
-pub async fn registered(
+/// Records names and emails: (customer, name, email), in event order
+/// (keeping any balance already projected). A customer registered twice in
+/// the list keeps the last, as one by one.
+pub async fn registered_all(
     conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    name: &str,
-    email: &str,
+    customers: &[(Uuid, &str, &str)],
 ) -> QueryResult<()> {
+    // One row per customer: an upsert may not touch a row twice.
+    let last: BTreeMap<Uuid, (&str, &str)> = customers
+        .iter()
+        .map(|(id, name, email)| (*id, (*name, *email)))
+        .collect();
+    let rows: Vec<_> = last
+        .into_iter()
+        .map(|(id, (name, email))| {
+            (
+                customer_view::customer_id.eq(id),
+                customer_view::name.eq(name),
+                customer_view::email.eq(email),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     diesel::insert_into(customer_view::table)
-        .values((
-            customer_view::customer_id.eq(customer_id),
-            customer_view::name.eq(name),
-            customer_view::email.eq(email),
-        ))
+        .values(rows)
         .on_conflict(customer_view::customer_id)
         .do_update()
         .set((
@@ -40,20 +56,36 @@ pub async fn registered(
         .map(|_| ())
 }
 
-/// Records a balance unless a newer one is already held.
-pub async fn balance(
+/// Records balances: (customer, points, version); each customer's newest
+/// version, unless a newer one is already held.
+pub async fn balance_all(
     conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    points: i64,
-    version: i64,
+    balances: &[(Uuid, i64, i64)],
 ) -> QueryResult<()> {
     use diesel::query_dsl::methods::FilterDsl;
+    // One row per customer, the newest: the one a one-by-one upsert keeps.
+    let mut newest: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
+    for &(id, points, version) in balances {
+        let held = newest.entry(id).or_insert((points, version));
+        if version > held.1 {
+            *held = (points, version);
+        }
+    }
+    let rows: Vec<_> = newest
+        .into_iter()
+        .map(|(id, (points, version))| {
+            (
+                customer_view::customer_id.eq(id),
+                customer_view::loyalty_points.eq(points),
+                customer_view::points_version.eq(version),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     diesel::insert_into(customer_view::table)
-        .values((
-            customer_view::customer_id.eq(customer_id),
-            customer_view::loyalty_points.eq(points),
-            customer_view::points_version.eq(version),
-        ))
+        .values(rows)
         .on_conflict(customer_view::customer_id)
         .do_update()
         .set((

@@ -1,12 +1,18 @@
 //! `order_view` and `order_line_view`: each order as its events describe it.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
-use diesel::{prelude::*, upsert::excluded};
+use diesel::{
+    prelude::*,
+    sql_types::{Array, Bool, Uuid as SqlUuid},
+    upsert::excluded,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
-    products,
+    products::{self, SalesDelta},
     schema::{order_line_view, order_view},
 };
 
@@ -30,23 +36,52 @@ pub struct Line<'a> {
     pub unit_price_cents: i64,
 }
 
-/// Records what `order.created` says; status is left as later events set it.
-pub async fn created(
-    conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-    customer_id: Uuid,
-    total_cents: i64,
-    created_at: Option<DateTime<Utc>>,
-    lines: &[Line<'_>],
-) -> QueryResult<()> {
+/// What one `order.created` says.
+pub struct Created<'a> {
+    pub order_id: Uuid,
+    pub customer_id: Uuid,
+    pub total_cents: i64,
+    pub created_at: Option<DateTime<Utc>>,
+    pub lines: Vec<Line<'a>>,
+}
+
+/// Records what `order.created` says of each order; status is left as later
+/// events set it. An order created twice in the list keeps the last, as one
+/// by one (its lines: the first of each SKU, as `order.created` carries the
+/// same lines each time).
+pub async fn created_all(conn: &mut AsyncPgConnection, orders: &[Created<'_>]) -> QueryResult<()> {
+    // One row per order: an upsert may not touch a row twice.
+    let last: BTreeMap<Uuid, &Created<'_>> = orders.iter().map(|o| (o.order_id, o)).collect();
+    if last.is_empty() {
+        return Ok(());
+    }
+    let views: Vec<_> = last
+        .values()
+        .map(|order| {
+            (
+                order_view::order_id.eq(order.order_id),
+                order_view::customer_id.eq(order.customer_id),
+                order_view::total_cents.eq(order.total_cents),
+                order_view::line_count.eq(i32::try_from(order.lines.len()).unwrap_or(i32::MAX)),
+                order_view::created_at.eq(order.created_at),
+            )
+        })
+        .collect();
+    let lines: Vec<_> = orders
+        .iter()
+        .flat_map(|order| {
+            order.lines.iter().map(|line| {
+                (
+                    order_line_view::order_id.eq(order.order_id),
+                    order_line_view::sku.eq(line.sku),
+                    order_line_view::quantity.eq(line.quantity),
+                    order_line_view::unit_price_cents.eq(line.unit_price_cents),
+                )
+            })
+        })
+        .collect();
     diesel::insert_into(order_view::table)
-        .values((
-            order_view::order_id.eq(order_id),
-            order_view::customer_id.eq(customer_id),
-            order_view::total_cents.eq(total_cents),
-            order_view::line_count.eq(i32::try_from(lines.len()).unwrap_or(i32::MAX)),
-            order_view::created_at.eq(created_at),
-        ))
+        .values(views)
         .on_conflict(order_view::order_id)
         .do_update()
         .set((
@@ -57,44 +92,48 @@ pub async fn created(
         ))
         .execute(conn)
         .await?;
-    let rows: Vec<_> = lines
-        .iter()
-        .map(|line| {
-            (
-                order_line_view::order_id.eq(order_id),
-                order_line_view::sku.eq(line.sku),
-                order_line_view::quantity.eq(line.quantity),
-                order_line_view::unit_price_cents.eq(line.unit_price_cents),
-            )
-        })
-        .collect();
-    diesel::insert_into(order_line_view::table)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
+    if !lines.is_empty() {
+        diesel::insert_into(order_line_view::table)
+            .values(lines)
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 
-/// Moves the order to `status` unless it is already as far or further.
-pub async fn status(
+/// Moves each order (order, customer, reason) to `status` unless it is
+/// already as far or further. An order listed twice keeps the first, as
+/// one by one (the second is not further than the first).
+pub async fn status_all(
     conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-    customer_id: Uuid,
+    orders: &[(Uuid, Uuid, &str)],
     status: &str,
     rank: i32,
-    reason: &str,
 ) -> QueryResult<()> {
     // `filter` on an upsert is `ON CONFLICT ... DO UPDATE ... WHERE`.
     use diesel::query_dsl::methods::FilterDsl;
+    let mut first: BTreeMap<Uuid, (Uuid, &str)> = BTreeMap::new();
+    for &(order_id, customer_id, reason) in orders {
+        first.entry(order_id).or_insert((customer_id, reason));
+    }
+    let rows: Vec<_> = first
+        .into_iter()
+        .map(|(order_id, (customer_id, reason))| {
+            (
+                order_view::order_id.eq(order_id),
+                order_view::customer_id.eq(customer_id),
+                order_view::status.eq(status),
+                order_view::status_rank.eq(rank),
+                order_view::status_reason.eq(reason),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     diesel::insert_into(order_view::table)
-        .values((
-            order_view::order_id.eq(order_id),
-            order_view::customer_id.eq(customer_id),
-            order_view::status.eq(status),
-            order_view::status_rank.eq(rank),
-            order_view::status_reason.eq(reason),
-        ))
+        .values(rows)
         .on_conflict(order_view::order_id)
         .do_update()
         .set((
@@ -109,20 +148,32 @@ pub async fn status(
         .map(|_| ())
 }
 
-/// Records inventory's answer unless a later one is already held.
-pub async fn stock(
+/// Records inventory's answer `stock` for each order unless a later one is
+/// already held.
+pub async fn stock_all(
     conn: &mut AsyncPgConnection,
-    order_id: Uuid,
+    order_ids: &[Uuid],
     stock: &str,
     rank: i32,
 ) -> QueryResult<()> {
     use diesel::query_dsl::methods::FilterDsl;
+    // One row per order: an upsert may not touch a row twice.
+    let unique: BTreeSet<Uuid> = order_ids.iter().copied().collect();
+    let rows: Vec<_> = unique
+        .into_iter()
+        .map(|order_id| {
+            (
+                order_view::order_id.eq(order_id),
+                order_view::stock.eq(stock),
+                order_view::stock_rank.eq(rank),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     diesel::insert_into(order_view::table)
-        .values((
-            order_view::order_id.eq(order_id),
-            order_view::stock.eq(stock),
-            order_view::stock_rank.eq(rank),
-        ))
+        .values(rows)
         .on_conflict(order_view::order_id)
         .do_update()
         .set((
@@ -135,46 +186,69 @@ pub async fn stock(
         .map(|_| ())
 }
 
-/// Brings `sales_by_sku` in line with the order: its lines count exactly
-/// while it is APPROVED and its lines are known. Idempotent, and the same
-/// whatever order its events came in.
-pub async fn recount(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
-    let row: Option<(String, Option<i64>, bool)> = order_view::table
-        .find(order_id)
+/// Brings `sales_by_sku` in line with the orders: an order's lines count
+/// exactly while it is APPROVED and its lines are known. Idempotent, and the
+/// same whatever order the events came in; recounting once after a run is
+/// the same as after each of its events, as only the current state counts.
+pub async fn recount_all(conn: &mut AsyncPgConnection, order_ids: &[Uuid]) -> QueryResult<()> {
+    let unique: BTreeSet<Uuid> = order_ids.iter().copied().collect();
+    let rows: Vec<(Uuid, String, Option<i64>, bool)> = order_view::table
+        .filter(order_view::order_id.eq_any(unique))
+        .order(order_view::order_id)
         .select((
+            order_view::order_id,
             order_view::status,
             order_view::total_cents,
             order_view::counted,
         ))
         .for_update()
-        .first(conn)
-        .await
-        .optional()?;
-    let Some((status, total, counted)) = row else {
-        return Ok(());
-    };
-    let should_count = status == "APPROVED" && total.is_some();
-    if should_count == counted {
+        .load(conn)
+        .await?;
+    let flips: BTreeMap<Uuid, bool> = rows
+        .into_iter()
+        .filter_map(|(order_id, status, total, counted)| {
+            let should_count = status == "APPROVED" && total.is_some();
+            (should_count != counted).then_some((order_id, should_count))
+        })
+        .collect();
+    if flips.is_empty() {
         return Ok(());
     }
-    let sign = if should_count { 1 } else { -1 };
-    let lines: Vec<(String, i32, i64)> = order_line_view::table
-        .filter(order_line_view::order_id.eq(order_id))
+    let lines: Vec<(Uuid, String, i32, i64)> = order_line_view::table
+        .filter(order_line_view::order_id.eq_any(flips.keys()))
         .select((
+            order_line_view::order_id,
             order_line_view::sku,
             order_line_view::quantity,
             order_line_view::unit_price_cents,
         ))
         .load(conn)
         .await?;
-    for (sku, quantity, unit_price) in lines {
+    let mut deltas: BTreeMap<String, SalesDelta> = BTreeMap::new();
+    for (order_id, sku, quantity, unit_price) in lines {
+        let sign = if flips.get(&order_id).copied().unwrap_or_default() {
+            1
+        } else {
+            -1
+        };
         let quantity = i64::from(quantity);
-        products::count_sale(conn, &sku, quantity, quantity * unit_price, sign).await?;
+        let delta = deltas.entry(sku).or_default();
+        delta.units += sign * quantity;
+        delta.revenue_cents += sign * quantity * unit_price;
+        delta.orders += sign;
     }
-    diesel::update(order_view::table.find(order_id))
-        .set(order_view::counted.eq(should_count))
-        .execute(conn)
-        .await?;
+    products::count_sales(conn, &deltas).await?;
+    let ids: Vec<Uuid> = flips.keys().copied().collect();
+    let counted: Vec<bool> = flips.values().copied().collect();
+    diesel::sql_query(
+        "UPDATE order_view AS o SET counted = d.counted
+           FROM unnest($1::uuid[], $2::bool[]) AS d(order_id, counted)
+          WHERE o.order_id = d.order_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Bool>, _>(counted)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

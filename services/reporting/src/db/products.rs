@@ -1,5 +1,7 @@
 //! `product_view` and `sales_by_sku`.
 
+use std::collections::BTreeMap;
+
 use diesel::{prelude::*, upsert::excluded};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
@@ -17,11 +19,27 @@ pub struct ProductState<'a> {
     pub version: i64,
 }
 
-/// Stores a product state unless a newer one is already held.
-pub async fn changed(conn: &mut AsyncPgConnection, state: &ProductState<'_>) -> QueryResult<()> {
+/// Stores product states, each SKU's newest, unless a newer one is already
+/// held.
+pub async fn changed_all(
+    conn: &mut AsyncPgConnection,
+    states: &[ProductState<'_>],
+) -> QueryResult<()> {
     use diesel::query_dsl::methods::FilterDsl;
+    // One row per SKU, the newest: the one a one-by-one upsert keeps.
+    let mut newest: BTreeMap<&str, &ProductState<'_>> = BTreeMap::new();
+    for state in states {
+        let held = newest.entry(state.sku).or_insert(state);
+        if state.version > held.version {
+            *held = state;
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<&ProductState<'_>> = newest.into_values().collect();
     diesel::insert_into(product_view::table)
-        .values(state)
+        .values(rows)
         .on_conflict(product_view::sku)
         .do_update()
         .set((
@@ -37,21 +55,35 @@ pub async fn changed(conn: &mut AsyncPgConnection, state: &ProductState<'_>) -> 
         .map(|_| ())
 }
 
-/// Adds (`sign` = 1) or removes (`sign` = -1) one order's line to a SKU's sales.
-pub async fn count_sale(
+/// Sales moved by orders starting or stopping to count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SalesDelta {
+    pub units: i64,
+    pub revenue_cents: i64,
+    pub orders: i64,
+}
+
+/// Adds each SKU's delta to its sales, in one statement.
+pub async fn count_sales(
     conn: &mut AsyncPgConnection,
-    sku: &str,
-    quantity: i64,
-    revenue: i64,
-    sign: i64,
+    deltas: &BTreeMap<String, SalesDelta>,
 ) -> QueryResult<()> {
+    let rows: Vec<_> = deltas
+        .iter()
+        .map(|(sku, delta)| {
+            (
+                sales_by_sku::sku.eq(sku.as_str()),
+                sales_by_sku::units.eq(delta.units),
+                sales_by_sku::revenue_cents.eq(delta.revenue_cents),
+                sales_by_sku::orders.eq(delta.orders),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     diesel::insert_into(sales_by_sku::table)
-        .values((
-            sales_by_sku::sku.eq(sku),
-            sales_by_sku::units.eq(sign * quantity),
-            sales_by_sku::revenue_cents.eq(sign * revenue),
-            sales_by_sku::orders.eq(sign),
-        ))
+        .values(rows)
         .on_conflict(sales_by_sku::sku)
         .do_update()
         .set((
