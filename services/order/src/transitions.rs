@@ -1,6 +1,15 @@
-//! Moving an order through its states, the one way every path does it:
-//! lock the order, let the state machine decide, update, write the event and
-//! notify watchers, all in the caller's transaction.
+//! Moving orders through their states, the one way every path does it:
+//! lock the orders, let the state machine decide, update, write the events
+//! and notify watchers, all in the caller's transaction.
+//!
+//! Many transitions go together with a fixed number of statements (the
+//! consumer hands over a run of inventory answers at once): one lock of all
+//! the orders (with their lines, pipelined), the decisions in memory in the
+//! given order, then one update, one insert per event type and one query
+//! sending every notification, pipelined. An order named twice is decided
+//! the second time from the state the first left, in memory, as one by one.
+
+use std::collections::BTreeSet;
 
 use broker::{Outbox, TraceContext};
 use chrono::Utc;
@@ -29,8 +38,17 @@ pub enum Outcome {
     Missing,
 }
 
-/// Applies `transition` to `order_id`; `reason` is kept for rejections and
-/// cancellations.
+/// One transition to apply: `reason` is kept for rejections and
+/// cancellations; the event it writes continues `trace`.
+#[derive(Clone, Copy, Debug)]
+pub struct Move<'a> {
+    pub order_id: Uuid,
+    pub transition: Transition,
+    pub reason: &'a str,
+    pub trace: &'a TraceContext,
+}
+
+/// Applies `transition` to `order_id`.
 pub async fn apply(
     conn: &mut AsyncPgConnection,
     outbox: &Outbox,
@@ -39,72 +57,118 @@ pub async fn apply(
     reason: &str,
     trace: &TraceContext,
 ) -> diesel::QueryResult<Outcome> {
-    // The lines ride along with the lock in the same round trip (pipelined):
-    // the events below carry them, and they never change.
-    let (current, lines) = {
-        let conn: &AsyncPgConnection = conn;
-        try_join!(orders::lock(conn, order_id), orders::lines(conn, order_id))?
+    let one = Move {
+        order_id,
+        transition,
+        reason,
+        trace,
     };
-    let Some(current) = current else {
-        return Ok(Outcome::Missing);
-    };
-    let Some(status) = OrderStatus::parse(&current.status) else {
-        return Ok(Outcome::Refused(current));
-    };
-    let next = match status.decide(transition) {
-        Decision::Move(next) => next,
-        Decision::AlreadyThere => return Ok(Outcome::AlreadyThere(current)),
-        Decision::Refuse => return Ok(Outcome::Refused(current)),
-    };
-    // The order is locked: its new state is known without asking, so the
-    // update, the event and the notification go out in one round trip.
+    let mut outcomes = apply_all(conn, outbox, &[one]).await?;
+    Ok(outcomes.pop().unwrap_or(Outcome::Missing))
+}
+
+/// Applies the moves in order, as if one by one; their outcomes, in the
+/// same order.
+pub async fn apply_all(
+    conn: &mut AsyncPgConnection,
+    outbox: &Outbox,
+    moves: &[Move<'_>],
+) -> diesel::QueryResult<Vec<Outcome>> {
+    let ids: Vec<Uuid> = moves
+        .iter()
+        .map(|m| m.order_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let conn: &AsyncPgConnection = conn;
-    let order_id_text = current.order_id.to_string();
-    let customer_id = current.customer_id.to_string();
-    let at = Some(timestamp(Utc::now()));
-    let event = async {
+    // The lines ride along with the locks in the same round trip
+    // (pipelined): the events below carry them, and they never change.
+    let (mut current, lines) =
+        try_join!(orders::lock_all(conn, &ids), orders::lines_of(conn, &ids))?;
+
+    let mut outcomes = Vec::with_capacity(moves.len());
+    let mut moved = BTreeSet::new();
+    let mut notified = Vec::new();
+    let (mut approved, mut rejected, mut cancelled) = (Vec::new(), Vec::new(), Vec::new());
+    for m in moves {
+        let Some(row) = current.get_mut(&m.order_id) else {
+            outcomes.push(Outcome::Missing);
+            continue;
+        };
+        let Some(status) = OrderStatus::parse(&row.status) else {
+            outcomes.push(Outcome::Refused(row.clone()));
+            continue;
+        };
+        let next = match status.decide(m.transition) {
+            Decision::Move(next) => next,
+            Decision::AlreadyThere => {
+                outcomes.push(Outcome::AlreadyThere(row.clone()));
+                continue;
+            }
+            Decision::Refuse => {
+                outcomes.push(Outcome::Refused(row.clone()));
+                continue;
+            }
+        };
+        // The order is locked: its new state is known without asking.
+        let now = Utc::now();
+        row.status = next.as_str().to_owned();
+        row.status_reason = m.reason.to_owned();
+        row.updated_at = now;
+        let order_id = row.order_id.to_string();
+        let customer_id = row.customer_id.to_string();
+        let at = Some(timestamp(now));
+        let order_lines = proto_lines(lines.get(&m.order_id).map_or(&[][..], Vec::as_slice));
         match next {
-            OrderStatus::Approved => {
-                let event = OrderApproved {
-                    order_id: order_id_text,
+            OrderStatus::Approved => approved.push((
+                OrderApproved {
+                    order_id,
                     customer_id,
-                    total_cents: current.total_cents,
+                    total_cents: row.total_cents,
                     approved_at: at,
-                    lines: proto_lines(&lines),
-                };
-                outbox.enqueue(conn, &event, trace).await.map(|_| ())
-            }
-            OrderStatus::Rejected => {
-                let event = OrderRejected {
-                    order_id: order_id_text,
+                    lines: order_lines,
+                },
+                m.trace,
+            )),
+            OrderStatus::Rejected => rejected.push((
+                OrderRejected {
+                    order_id,
                     customer_id,
-                    reason: reason.to_owned(),
+                    reason: m.reason.to_owned(),
                     rejected_at: at,
-                    lines: proto_lines(&lines),
-                    total_cents: current.total_cents,
-                };
-                outbox.enqueue(conn, &event, trace).await.map(|_| ())
-            }
-            OrderStatus::Cancelled => {
-                let event = OrderCancelled {
-                    order_id: order_id_text,
+                    lines: order_lines,
+                    total_cents: row.total_cents,
+                },
+                m.trace,
+            )),
+            OrderStatus::Cancelled => cancelled.push((
+                OrderCancelled {
+                    order_id,
                     customer_id,
-                    reason: reason.to_owned(),
+                    reason: m.reason.to_owned(),
                     previous_status: status.to_proto().into(),
                     cancelled_at: at,
-                    lines: proto_lines(&lines),
-                    total_cents: current.total_cents,
-                };
-                outbox.enqueue(conn, &event, trace).await.map(|_| ())
-            }
-            OrderStatus::Pending => Ok(()),
+                    lines: order_lines,
+                    total_cents: row.total_cents,
+                },
+                m.trace,
+            )),
+            OrderStatus::Pending => {}
         }
-    };
-    let (row, (), ()) = try_join!(
-        orders::set_status(conn, order_id, next, reason),
-        event,
-        orders::notify_changed(conn, order_id),
+        tracing::info!(order_id = %m.order_id, from = status.as_str(), to = next.as_str(), reason = m.reason, "order moved");
+        moved.insert(m.order_id);
+        notified.push(m.order_id);
+        outcomes.push(Outcome::Moved(row.clone()));
+    }
+
+    // Each moved order's final row, whatever moves it took to get there.
+    let rows: Vec<&OrderRow> = moved.iter().filter_map(|id| current.get(id)).collect();
+    try_join!(
+        orders::store_status_all(conn, &rows),
+        outbox.enqueue_all(conn, approved.iter().map(|(e, t)| (e, *t))),
+        outbox.enqueue_all(conn, rejected.iter().map(|(e, t)| (e, *t))),
+        outbox.enqueue_all(conn, cancelled.iter().map(|(e, t)| (e, *t))),
+        orders::notify_changed_all(conn, &notified),
     )?;
-    tracing::info!(%order_id, from = status.as_str(), to = next.as_str(), reason, "order moved");
-    Ok(Outcome::Moved(row))
+    Ok(outcomes)
 }

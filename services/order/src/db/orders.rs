@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::schema::{order_lines, orders};
-use crate::domain::OrderStatus;
 
 /// An order row.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
@@ -63,60 +65,89 @@ pub async fn insert_lines(conn: &AsyncPgConnection, lines: &[LineRow]) -> QueryR
         .map(|_| ())
 }
 
-/// The order, locked until the transaction ends (every change of an order
-/// takes this lock first).
-pub async fn lock(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<OrderRow>> {
-    orders::table
-        .find(order_id)
+/// The orders of `order_ids` that exist, locked until the transaction ends
+/// (every change of an order takes this lock first), in ID order so that
+/// concurrent lockers cannot deadlock.
+pub async fn lock_all(
+    conn: &AsyncPgConnection,
+    order_ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, OrderRow>> {
+    let rows: Vec<OrderRow> = orders::table
+        .filter(orders::order_id.eq_any(order_ids))
+        .order(orders::order_id)
         .select(OrderRow::as_select())
         .for_update()
-        .first(&mut &*conn)
-        .await
-        .optional()
+        .load(&mut &*conn)
+        .await?;
+    Ok(rows.into_iter().map(|row| (row.order_id, row)).collect())
 }
 
-/// The lines of one order, in line order. Lines never change once inserted,
-/// so this needs no lock and can be pipelined with [`lock`].
-pub async fn lines(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<Vec<LineRow>> {
-    order_lines::table
-        .filter(order_lines::order_id.eq(order_id))
-        .order(order_lines::line_no)
+/// The lines of `order_ids`, each order's in line order. Lines never change
+/// once inserted, so this needs no lock and can be pipelined with
+/// [`lock_all`].
+pub async fn lines_of(
+    conn: &AsyncPgConnection,
+    order_ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, Vec<LineRow>>> {
+    let lines: Vec<LineRow> = order_lines::table
+        .filter(order_lines::order_id.eq_any(order_ids))
+        .order((order_lines::order_id, order_lines::line_no))
         .select(LineRow::as_select())
         .load(&mut &*conn)
-        .await
+        .await?;
+    let mut by_order: HashMap<Uuid, Vec<LineRow>> = HashMap::new();
+    for line in lines {
+        by_order.entry(line.order_id).or_default().push(line);
+    }
+    Ok(by_order)
 }
 
-/// Sets a locked order's status.
-pub async fn set_status(
-    conn: &AsyncPgConnection,
-    order_id: Uuid,
-    status: OrderStatus,
-    reason: &str,
-) -> QueryResult<OrderRow> {
-    diesel::update(orders::table.find(order_id))
-        .set((
-            orders::status.eq(status.as_str()),
-            orders::status_reason.eq(reason),
-            orders::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(OrderRow::as_returning())
-        .get_result(&mut &*conn)
-        .await
+/// Stores the status, reason and update time of orders locked by
+/// [`lock_all`], in one statement (one row per order).
+pub async fn store_status_all(conn: &AsyncPgConnection, rows: &[&OrderRow]) -> QueryResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.order_id).collect();
+    let statuses: Vec<&str> = rows.iter().map(|row| row.status.as_str()).collect();
+    let reasons: Vec<&str> = rows.iter().map(|row| row.status_reason.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|row| row.updated_at).collect();
+    diesel::sql_query(
+        "UPDATE orders AS o
+            SET status = d.status, status_reason = d.reason, updated_at = d.updated_at
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+                AS d(order_id, status, reason, updated_at)
+          WHERE o.order_id = d.order_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Text>, _>(statuses)
+    .bind::<Array<Text>, _>(reasons)
+    .bind::<Array<Timestamptz>, _>(times)
+    .execute(&mut &*conn)
+    .await
+    .map(|_| ())
 }
 
 /// The NOTIFY channel that tells watchers an order changed; its payload is
 /// the order ID.
 pub const CHANGES_CHANNEL: &str = "orders_order_changed";
 
-/// Tells every order service process, once the transaction commits, that the
-/// order changed (its watchers then read it again).
-pub async fn notify_changed(conn: &AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_notify($1, $2)")
-        .bind::<diesel::sql_types::Text, _>(CHANGES_CHANNEL)
-        .bind::<diesel::sql_types::Text, _>(order_id.to_string())
-        .execute(&mut &*conn)
-        .await
-        .map(|_| ())
+/// Tells every order service process, once the transaction commits, that
+/// each of the orders changed (their watchers then read them again): one
+/// notification per entry, in one statement.
+pub async fn notify_changed_all(conn: &AsyncPgConnection, order_ids: &[Uuid]) -> QueryResult<()> {
+    if order_ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = order_ids.iter().map(Uuid::to_string).collect();
+    diesel::sql_query(
+        "SELECT pg_notify($1, id) FROM unnest($2::text[]) WITH ORDINALITY AS n(id, i) ORDER BY i",
+    )
+    .bind::<Text, _>(CHANGES_CHANNEL)
+    .bind::<Array<Text>, _>(ids)
+    .execute(&mut &*conn)
+    .await
+    .map(|_| ())
 }
 
 /// The order a customer placed with `key`, if any.

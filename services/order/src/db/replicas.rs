@@ -1,6 +1,6 @@
 //! The order service's copies of other services' data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use diesel::{prelude::*, upsert::excluded};
@@ -9,17 +9,26 @@ use uuid::Uuid;
 
 use super::schema::{catalog, known_customers};
 
-/// Records that a customer exists (idempotent).
-pub async fn add_customer(
+/// Records that customers exist: (customer, registered at). Idempotent; a
+/// customer listed twice keeps the first, as one by one.
+pub async fn add_customers(
     conn: &mut AsyncPgConnection,
-    customer_id: Uuid,
-    registered_at: DateTime<Utc>,
+    customers: &[(Uuid, DateTime<Utc>)],
 ) -> QueryResult<()> {
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = customers
+        .iter()
+        .map(|(customer_id, registered_at)| {
+            (
+                known_customers::customer_id.eq(*customer_id),
+                known_customers::registered_at.eq(*registered_at),
+            )
+        })
+        .collect();
     diesel::insert_into(known_customers::table)
-        .values((
-            known_customers::customer_id.eq(customer_id),
-            known_customers::registered_at.eq(registered_at),
-        ))
+        .values(rows)
         .on_conflict_do_nothing()
         .execute(conn)
         .await
@@ -47,16 +56,30 @@ pub struct CatalogEntry<'a> {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Stores a product state unless a newer one is already here, so states that
-/// arrive out of order never move the replica backwards. True if stored.
-pub async fn upsert_product(
+/// Stores product states, each SKU's newest, unless a newer one is
+/// already here, so states that arrive out of order never move the replica
+/// backwards. The number of SKUs stored.
+pub async fn upsert_products(
     conn: &mut AsyncPgConnection,
-    entry: &CatalogEntry<'_>,
-) -> QueryResult<bool> {
+    entries: &[CatalogEntry<'_>],
+) -> QueryResult<usize> {
     // `filter` on an upsert is `ON CONFLICT ... DO UPDATE ... WHERE`.
     use diesel::query_dsl::methods::FilterDsl;
-    let stored = diesel::insert_into(catalog::table)
-        .values(entry)
+    // One row per SKU, the newest (an upsert may not touch a row twice):
+    // the one a one-by-one application keeps.
+    let mut newest: BTreeMap<&str, &CatalogEntry<'_>> = BTreeMap::new();
+    for entry in entries {
+        let held = newest.entry(entry.sku).or_insert(entry);
+        if entry.version > held.version {
+            *held = entry;
+        }
+    }
+    if newest.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<&CatalogEntry<'_>> = newest.into_values().collect();
+    diesel::insert_into(catalog::table)
+        .values(rows)
         .on_conflict(catalog::sku)
         .do_update()
         .set((
@@ -67,8 +90,7 @@ pub async fn upsert_product(
         ))
         .filter(catalog::version.lt(excluded(catalog::version)))
         .execute(conn)
-        .await?;
-    Ok(stored == 1)
+        .await
 }
 
 /// Current prices of `skus` (those the catalog knows).
