@@ -6,20 +6,30 @@
 //!   cancellation comes first, remember it so the order is never reserved.
 //!
 //! Every stock movement also publishes the product's new state. Each handler
-//! runs inside the consumer's transaction, after the event's ID was recorded
-//! in the inbox, and an order is decided once however often its events come.
+//! takes a run of events of one type inside the consumer's transaction,
+//! after their IDs were recorded in the inbox, and an order is decided once
+//! however often its events come.
+//!
+//! A run is applied with a fixed number of statements: claim (or lock) every
+//! order's reservation row and lock every product involved, in SKU order;
+//! decide each order in memory in delivery order against the locked stock,
+//! which the earlier orders of the run have already moved (so nothing is
+//! oversold: the rows stay locked until the commit); then write the
+//! reservations, the products' final stock and every event with multi-row
+//! statements. An order that appears twice in a run is decided by its first
+//! event only: the claim is the first event's, and a second release finds
+//! it already released, in memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use broker::{Consumer, HandlerError, Outbox, Received, TraceContext};
 use chrono::Utc;
 use dbps::{
-    inventory::v1::{StockLine, StockRejected, StockReleased, StockReserved},
+    inventory::v1::{ProductChanged, StockLine, StockRejected, StockReleased, StockReserved},
     order::v1::{OrderCancelled, OrderCreated},
 };
-use diesel::result::Error as DieselError;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
-use futures_util::{future::try_join_all, try_join};
+use diesel_async::AsyncPgConnection;
+use futures_util::try_join;
 use platform::api::timestamp;
 use uuid::Uuid;
 
@@ -27,7 +37,7 @@ use crate::{
     api::changed,
     db::{
         products::{self, Product},
-        reservations::{self, Status},
+        reservations::{self, Decision, Status},
     },
 };
 
@@ -35,40 +45,116 @@ use crate::{
 pub fn consumer(outbox: Outbox) -> Consumer {
     let releasing = outbox.clone();
     Consumer::new("inventory")
-        .on::<OrderCreated, _>(move |conn, received| {
-            Box::pin(reserve(conn, outbox.clone(), received))
-        })
-        .on::<OrderCancelled, _>(move |conn, received| {
-            Box::pin(release(conn, releasing.clone(), received))
+        .on_batch::<OrderCreated, _>(move |conn, run| Box::pin(reserve(conn, outbox.clone(), run)))
+        .on_batch::<OrderCancelled, _>(move |conn, run| {
+            Box::pin(release(conn, releasing.clone(), run))
         })
 }
 
-/// Why a reservation could not be made.
-enum Shortage {
-    Short { sku: String, reason: String },
-    Database(DieselError),
-}
-
-impl From<DieselError> for Shortage {
-    fn from(error: DieselError) -> Self {
-        Shortage::Database(error)
-    }
-}
-
+/// Reserves every order of the run, each all or nothing.
 async fn reserve(
     conn: &mut AsyncPgConnection,
     outbox: Outbox,
-    received: Received<OrderCreated>,
+    run: Vec<Received<OrderCreated>>,
 ) -> Result<(), HandlerError> {
-    let order_id = parse_order_id(&received.event.order_id)?;
-    if !reservations::claim(conn, order_id, Status::Pending).await? {
-        tracing::info!(%order_id, "order already decided (replay, or cancelled first)");
-        return Ok(());
+    let mut orders = Vec::with_capacity(run.len());
+    for received in &run {
+        let order_id = parse_order_id(&received.event.order_id)?;
+        orders.push((order_id, wanted(&received.event)?, &received.trace));
     }
-    // One line per SKU, in SKU order: every transaction locks products in the
-    // same order, so concurrent reservations cannot deadlock.
+    let ids: Vec<Uuid> = orders.iter().map(|(id, ..)| *id).collect();
+    let skus: Vec<&str> = orders
+        .iter()
+        .flat_map(|(_, wanted, _)| wanted.keys().map(String::as_str))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let shared: &AsyncPgConnection = conn;
+    // The product locks are pipelined behind the claims: for orders already
+    // decided they lock a little more than needed, one round trip less.
+    let (mut claimed, mut stock) = try_join!(
+        reservations::claim_all(shared, &ids, Status::Pending),
+        products::lock_all(shared, &skus),
+    )?;
+
+    let now = Utc::now();
+    let mut decisions = Vec::new();
+    let (mut reserved, mut rejected) = (Vec::new(), Vec::new());
+    let mut moved: Vec<(ProductChanged, &TraceContext)> = Vec::new();
+    let mut touched = BTreeSet::new();
+    for (order_id, wanted, trace) in orders {
+        // Only the first event of an order decides it.
+        if !claimed.remove(&order_id) {
+            tracing::info!(%order_id, "order already decided (replay, or cancelled first)");
+            continue;
+        }
+        if let Some((sku, reason)) = shortage(&stock, &wanted) {
+            tracing::info!(%order_id, reason, "stock rejected");
+            rejected.push((
+                StockRejected {
+                    order_id: order_id.to_string(),
+                    reason: reason.clone(),
+                    sku,
+                    rejected_at: Some(timestamp(now)),
+                },
+                trace,
+            ));
+            decisions.push(Decision {
+                order_id,
+                status: Status::Rejected,
+                reason,
+                lines: Vec::new(),
+            });
+            continue;
+        }
+        for (sku, &quantity) in &wanted {
+            let Some(product) = stock.get_mut(sku) else {
+                continue; // shortage() found every SKU
+            };
+            product.available -= quantity;
+            product.reserved += quantity;
+            product.version += 1;
+            product.updated_at = now;
+            moved.push((changed(product), trace));
+            touched.insert(sku.clone());
+        }
+        let held: Vec<(String, i32)> = wanted
+            .iter()
+            .map(|(sku, quantity)| (sku.clone(), i32::try_from(*quantity).unwrap_or(i32::MAX)))
+            .collect();
+        tracing::info!(%order_id, "stock reserved");
+        reserved.push((
+            StockReserved {
+                order_id: order_id.to_string(),
+                lines: stock_lines(&held),
+                reserved_at: Some(timestamp(now)),
+            },
+            trace,
+        ));
+        decisions.push(Decision {
+            order_id,
+            status: Status::Reserved,
+            reason: String::new(),
+            lines: held,
+        });
+    }
+
+    let rows: Vec<&Product> = touched.iter().filter_map(|sku| stock.get(sku)).collect();
+    // Independent writes: pipelined, one round trip.
+    try_join!(
+        reservations::decide_all(shared, &decisions),
+        products::store_stock_all(shared, &rows),
+        outbox.enqueue_all(shared, reserved.iter().map(|(e, t)| (e, *t))),
+        outbox.enqueue_all(shared, rejected.iter().map(|(e, t)| (e, *t))),
+        outbox.enqueue_all(shared, moved.iter().map(|(e, t)| (e, *t))),
+    )?;
+    Ok(())
+}
+
+/// The order's quantity per SKU, in SKU order.
+fn wanted(order: &OrderCreated) -> Result<BTreeMap<String, i64>, HandlerError> {
     let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
-    for line in &received.event.lines {
+    for line in &order.lines {
         if line.quantity <= 0 {
             return Err(HandlerError::Reject(format!(
                 "line {} has quantity {}",
@@ -77,125 +163,120 @@ async fn reserve(
         }
         *wanted.entry(line.sku.clone()).or_default() += i64::from(line.quantity);
     }
-
-    // All or nothing: a savepoint that a shortage rolls back.
-    let taken = conn
-        .transaction::<_, Shortage, _>(async |conn| {
-            let mut taken = Vec::with_capacity(wanted.len());
-            for (sku, &quantity) in &wanted {
-                match products::reserve(conn, sku, quantity).await? {
-                    Some(product) => taken.push(product),
-                    None => {
-                        let reason = match products::find(conn, sku).await? {
-                            Some(product) => format!(
-                                "insufficient stock for {sku}: {} available, {quantity} ordered",
-                                product.available
-                            ),
-                            None => format!("unknown sku {sku}"),
-                        };
-                        return Err(Shortage::Short {
-                            sku: sku.clone(),
-                            reason,
-                        });
-                    }
-                }
-            }
-            Ok(taken)
-        })
-        .await;
-
-    let trace = &received.trace;
-    match taken {
-        Ok(taken) => {
-            let held: Vec<(String, i32)> = wanted
-                .iter()
-                .map(|(sku, quantity)| (sku.clone(), i32::try_from(*quantity).unwrap_or(i32::MAX)))
-                .collect();
-            let event = StockReserved {
-                order_id: order_id.to_string(),
-                lines: stock_lines(&held),
-                reserved_at: Some(timestamp(Utc::now())),
-            };
-            // Independent writes: pipelined, one round trip.
-            let shared: &AsyncPgConnection = conn;
-            try_join!(
-                reservations::decide(shared, order_id, Status::Reserved, "", &held),
-                outbox.enqueue(shared, &event, trace),
-                publish_products(shared, &outbox, &taken, trace),
-            )?;
-            tracing::info!(%order_id, "stock reserved");
-        }
-        Err(Shortage::Short { sku, reason }) => {
-            let event = StockRejected {
-                order_id: order_id.to_string(),
-                reason: reason.clone(),
-                sku,
-                rejected_at: Some(timestamp(Utc::now())),
-            };
-            let shared: &AsyncPgConnection = conn;
-            try_join!(
-                reservations::decide(shared, order_id, Status::Rejected, &reason, &[]),
-                outbox.enqueue(shared, &event, trace),
-            )?;
-            tracing::info!(%order_id, reason, "stock rejected");
-        }
-        Err(Shortage::Database(error)) => return Err(error.into()),
-    }
-    Ok(())
+    Ok(wanted)
 }
 
+/// The first SKU (in SKU order) whose stock cannot cover the order, and why;
+/// `None` if every line can be reserved.
+fn shortage(
+    stock: &BTreeMap<String, Product>,
+    wanted: &BTreeMap<String, i64>,
+) -> Option<(String, String)> {
+    wanted.iter().find_map(|(sku, &quantity)| {
+        let reason = match stock.get(sku) {
+            Some(product) if product.available >= quantity => return None,
+            Some(product) => format!(
+                "insufficient stock for {sku}: {} available, {quantity} ordered",
+                product.available
+            ),
+            None => format!("unknown sku {sku}"),
+        };
+        Some((sku.clone(), reason))
+    })
+}
+
+/// Gives back what every cancelled order of the run holds.
 async fn release(
     conn: &mut AsyncPgConnection,
     outbox: Outbox,
-    received: Received<OrderCancelled>,
+    run: Vec<Received<OrderCancelled>>,
 ) -> Result<(), HandlerError> {
-    let order_id = parse_order_id(&received.event.order_id)?;
-    if reservations::claim(conn, order_id, Status::Cancelled).await? {
-        tracing::info!(%order_id, "cancelled before inventory saw the order; it will not be reserved");
-        return Ok(());
+    let mut cancels = Vec::with_capacity(run.len());
+    for received in &run {
+        let order_id = parse_order_id(&received.event.order_id)?;
+        cancels.push((order_id, &received.event.reason, &received.trace));
     }
-    match reservations::lock(conn, order_id).await? {
-        Some(Status::Reserved) => {}
-        status => {
-            tracing::info!(%order_id, ?status, "nothing held for the cancelled order");
-            return Ok(());
+    let ids: Vec<Uuid> = cancels.iter().map(|(id, ..)| *id).collect();
+    let shared: &AsyncPgConnection = conn;
+    // The lock runs after the claim (pipelined): it sees the rows the claim
+    // just inserted, as CANCELLED.
+    let (claimed, statuses) = try_join!(
+        reservations::claim_all(shared, &ids, Status::Cancelled),
+        reservations::lock_all(shared, &ids),
+    )?;
+    let mut releasing: Vec<(Uuid, &String, &TraceContext)> = Vec::new();
+    let mut released = HashSet::new();
+    for (order_id, reason, trace) in cancels {
+        if claimed.contains(&order_id) {
+            tracing::info!(%order_id, "cancelled before inventory saw the order; it will not be reserved");
+            continue;
+        }
+        match statuses.get(&order_id) {
+            // A second cancellation in the run finds it released.
+            Some(Status::Reserved) if released.insert(order_id) => {
+                releasing.push((order_id, reason, trace));
+            }
+            status => {
+                tracing::info!(%order_id, ?status, "nothing held for the cancelled order");
+            }
         }
     }
-    let held = reservations::lines(conn, order_id).await?;
-    let mut returned = Vec::with_capacity(held.len());
-    for (sku, quantity) in &held {
-        returned.push(products::release(conn, sku, i64::from(*quantity)).await?);
+    if releasing.is_empty() {
+        return Ok(());
     }
-    let event = StockReleased {
-        order_id: order_id.to_string(),
-        lines: stock_lines(&held),
-        released_at: Some(timestamp(Utc::now())),
-    };
-    let shared: &AsyncPgConnection = conn;
-    let reason = &received.event.reason;
-    try_join!(
-        reservations::decide(shared, order_id, Status::Released, reason, &[]),
-        outbox.enqueue(shared, &event, &received.trace),
-        publish_products(shared, &outbox, &returned, &received.trace),
-    )?;
-    tracing::info!(%order_id, "stock released");
-    Ok(())
-}
 
-/// Enqueues every product's new state, pipelined.
-async fn publish_products(
-    conn: &AsyncPgConnection,
-    outbox: &Outbox,
-    products: &[Product],
-    trace: &TraceContext,
-) -> Result<(), DieselError> {
-    let events: Vec<_> = products.iter().map(changed).collect();
-    try_join_all(
-        events
-            .iter()
-            .map(|event| outbox.enqueue(conn, event, trace)),
-    )
-    .await?;
+    let ids: Vec<Uuid> = releasing.iter().map(|(id, ..)| *id).collect();
+    let held = reservations::lines_of(shared, &ids).await?;
+    let skus: Vec<&str> = held
+        .values()
+        .flatten()
+        .map(|(sku, _)| sku.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut stock = products::lock_all(shared, &skus).await?;
+
+    let now = Utc::now();
+    let mut decisions = Vec::with_capacity(releasing.len());
+    let mut events = Vec::with_capacity(releasing.len());
+    let mut moved: Vec<(ProductChanged, &TraceContext)> = Vec::new();
+    let mut touched = BTreeSet::new();
+    for (order_id, reason, trace) in releasing {
+        let lines = held.get(&order_id).map_or(&[][..], Vec::as_slice);
+        for (sku, quantity) in lines {
+            let Some(product) = stock.get_mut(sku) else {
+                continue; // products are never deleted
+            };
+            product.available += i64::from(*quantity);
+            product.reserved -= i64::from(*quantity);
+            product.version += 1;
+            product.updated_at = now;
+            moved.push((changed(product), trace));
+            touched.insert(sku.clone());
+        }
+        tracing::info!(%order_id, "stock released");
+        events.push((
+            StockReleased {
+                order_id: order_id.to_string(),
+                lines: stock_lines(lines),
+                released_at: Some(timestamp(now)),
+            },
+            trace,
+        ));
+        decisions.push(Decision {
+            order_id,
+            status: Status::Released,
+            reason: reason.clone(),
+            lines: Vec::new(),
+        });
+    }
+    let rows: Vec<&Product> = touched.iter().filter_map(|sku| stock.get(sku)).collect();
+    try_join!(
+        reservations::decide_all(shared, &decisions),
+        products::store_stock_all(shared, &rows),
+        outbox.enqueue_all(shared, events.iter().map(|(e, t)| (e, *t))),
+        outbox.enqueue_all(shared, moved.iter().map(|(e, t)| (e, *t))),
+    )?;
     Ok(())
 }
 

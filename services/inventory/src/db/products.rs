@@ -1,7 +1,12 @@
 //! Queries on `products`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    sql_types::{Array, BigInt, Text, Timestamptz},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::products;
@@ -93,46 +98,53 @@ pub async fn adjust_available(
     .optional()
 }
 
-/// Moves `quantity` from available to reserved if that many are available, in
-/// one conditional update: the database, not a read before the write, decides,
-/// so concurrent reservations can never oversell. `None` if not enough (or no
-/// such product).
-pub async fn reserve(
-    conn: &mut AsyncPgConnection,
-    sku: &str,
-    quantity: i64,
-) -> QueryResult<Option<Product>> {
-    diesel::update(
-        products::table
-            .find(sku)
-            .filter(products::available.ge(quantity)),
-    )
-    .set((
-        products::available.eq(products::available - quantity),
-        products::reserved.eq(products::reserved + quantity),
-        products::version.eq(products::version + 1),
-        products::updated_at.eq(diesel::dsl::now),
-    ))
-    .returning(Product::as_returning())
-    .get_result(conn)
-    .await
-    .optional()
+/// Locks the products of `skus` that exist until the transaction ends, in
+/// SKU order (every transaction locks products in that order, so concurrent
+/// ones cannot deadlock); their rows by SKU. The stock they show can then be
+/// decided on in memory: nobody else moves it before the commit. Takes a
+/// shared connection so that it can be pipelined.
+pub async fn lock_all(
+    conn: &AsyncPgConnection,
+    skus: &[&str],
+) -> QueryResult<BTreeMap<String, Product>> {
+    if skus.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows: Vec<Product> = products::table
+        .filter(products::sku.eq_any(skus))
+        .order(products::sku)
+        .select(Product::as_select())
+        .for_update()
+        .load(&mut &*conn)
+        .await?;
+    Ok(rows.into_iter().map(|row| (row.sku.clone(), row)).collect())
 }
 
-/// Moves `quantity` from reserved back to available.
-pub async fn release(
-    conn: &mut AsyncPgConnection,
-    sku: &str,
-    quantity: i64,
-) -> QueryResult<Product> {
-    diesel::update(products::table.find(sku))
-        .set((
-            products::available.eq(products::available + quantity),
-            products::reserved.eq(products::reserved - quantity),
-            products::version.eq(products::version + 1),
-            products::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(Product::as_returning())
-        .get_result(conn)
-        .await
+/// Stores the stock, version and update time of products locked by
+/// [`lock_all`] and changed in memory, in one statement (one row per SKU).
+pub async fn store_stock_all(conn: &AsyncPgConnection, rows: &[&Product]) -> QueryResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let skus: Vec<&str> = rows.iter().map(|row| row.sku.as_str()).collect();
+    let available: Vec<i64> = rows.iter().map(|row| row.available).collect();
+    let reserved: Vec<i64> = rows.iter().map(|row| row.reserved).collect();
+    let versions: Vec<i64> = rows.iter().map(|row| row.version).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|row| row.updated_at).collect();
+    diesel::sql_query(
+        "UPDATE products AS p
+            SET available = d.available, reserved = d.reserved,
+                version = d.version, updated_at = d.updated_at
+           FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::timestamptz[])
+                AS d(sku, available, reserved, version, updated_at)
+          WHERE p.sku = d.sku",
+    )
+    .bind::<Array<Text>, _>(skus)
+    .bind::<Array<BigInt>, _>(available)
+    .bind::<Array<BigInt>, _>(reserved)
+    .bind::<Array<BigInt>, _>(versions)
+    .bind::<Array<Timestamptz>, _>(times)
+    .execute(&mut &*conn)
+    .await
+    .map(|_| ())
 }

@@ -1,6 +1,11 @@
 //! Queries on `reservations` and `reservation_lines`.
 
-use diesel::prelude::*;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use diesel::{
+    prelude::*,
+    sql_types::{Array, Text, Uuid as SqlUuid},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -45,84 +50,128 @@ impl Status {
     }
 }
 
-/// Inserts the order's row with `status` unless it has one; true if this
-/// call inserted it (and so owns the decision). A concurrent claim of the
+/// Inserts a row with `status` for each order that has none; those this
+/// call inserted (and so owns the decision of). A concurrent claim of the
 /// same order waits for this transaction and then finds the row taken.
-pub async fn claim(
-    conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-    status: Status,
-) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(reservations::table)
-        .values((
-            reservations::order_id.eq(order_id),
-            reservations::status.eq(status.as_str()),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
-}
-
-/// The order's status, locking its row until the transaction ends.
-pub async fn lock(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<Status>> {
-    let status: Option<String> = reservations::table
-        .find(order_id)
-        .select(reservations::status)
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(status.as_deref().and_then(Status::parse))
-}
-
-/// Records the decision (and the held lines, for a reservation). Takes a
-/// shared connection: its writes are pipelined, with each other and with
-/// whatever the caller joins them to.
-pub async fn decide(
+/// Takes a shared connection so that it can be pipelined.
+pub async fn claim_all(
     conn: &AsyncPgConnection,
-    order_id: Uuid,
+    order_ids: &[Uuid],
     status: Status,
-    reason: &str,
-    lines: &[(String, i32)],
-) -> QueryResult<()> {
-    let decision = diesel::update(reservations::table.find(order_id))
-        .set((
-            reservations::status.eq(status.as_str()),
-            reservations::reason.eq(reason),
-            reservations::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(&mut &*conn);
-    let rows: Vec<_> = lines
-        .iter()
-        .map(|(sku, quantity)| {
+) -> QueryResult<HashSet<Uuid>> {
+    if order_ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // In ID order, so that concurrent claims cannot deadlock.
+    let unique: BTreeSet<Uuid> = order_ids.iter().copied().collect();
+    let rows: Vec<_> = unique
+        .into_iter()
+        .map(|order_id| {
             (
-                reservation_lines::order_id.eq(order_id),
-                reservation_lines::sku.eq(sku.as_str()),
-                reservation_lines::quantity.eq(*quantity),
+                reservations::order_id.eq(order_id),
+                reservations::status.eq(status.as_str()),
             )
         })
         .collect();
+    let claimed: Vec<Uuid> = diesel::insert_into(reservations::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(reservations::order_id)
+        .get_results(&mut &*conn)
+        .await?;
+    Ok(claimed.into_iter().collect())
+}
+
+/// The statuses of the orders that have a row, locking those rows until
+/// the transaction ends (in ID order).
+pub async fn lock_all(
+    conn: &AsyncPgConnection,
+    order_ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, Status>> {
+    let rows: Vec<(Uuid, String)> = reservations::table
+        .filter(reservations::order_id.eq_any(order_ids))
+        .order(reservations::order_id)
+        .select((reservations::order_id, reservations::status))
+        .for_update()
+        .load(&mut &*conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, status)| Some((id, Status::parse(&status)?)))
+        .collect())
+}
+
+/// What was decided for one order (and the held lines, for a reservation).
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub order_id: Uuid,
+    pub status: Status,
+    pub reason: String,
+    pub lines: Vec<(String, i32)>,
+}
+
+/// Records decisions, one per order, claimed or locked by this
+/// transaction: one update for all, one insert for all held lines. Takes a
+/// shared connection: its writes are pipelined, with each other and with
+/// whatever the caller joins them to.
+pub async fn decide_all(conn: &AsyncPgConnection, decisions: &[Decision]) -> QueryResult<()> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = decisions.iter().map(|d| d.order_id).collect();
+    let statuses: Vec<&str> = decisions.iter().map(|d| d.status.as_str()).collect();
+    let reasons: Vec<&str> = decisions.iter().map(|d| d.reason.as_str()).collect();
+    let decided = diesel::sql_query(
+        "UPDATE reservations AS r
+            SET status = d.status, reason = d.reason, updated_at = now()
+           FROM unnest($1::uuid[], $2::text[], $3::text[]) AS d(order_id, status, reason)
+          WHERE r.order_id = d.order_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Text>, _>(statuses)
+    .bind::<Array<Text>, _>(reasons)
+    .execute(&mut &*conn);
+    let rows: Vec<_> = decisions
+        .iter()
+        .flat_map(|d| {
+            d.lines.iter().map(|(sku, quantity)| {
+                (
+                    reservation_lines::order_id.eq(d.order_id),
+                    reservation_lines::sku.eq(sku.as_str()),
+                    reservation_lines::quantity.eq(*quantity),
+                )
+            })
+        })
+        .collect();
     if rows.is_empty() {
-        decision.await?;
+        decided.await?;
     } else {
         let held = diesel::insert_into(reservation_lines::table)
             .values(rows)
             .execute(&mut &*conn);
-        futures_util::try_join!(decision, held)?;
+        futures_util::try_join!(decided, held)?;
     }
     Ok(())
 }
 
-/// The lines held for an order, by SKU.
-pub async fn lines(
-    conn: &mut AsyncPgConnection,
-    order_id: Uuid,
-) -> QueryResult<Vec<(String, i32)>> {
-    reservation_lines::table
-        .filter(reservation_lines::order_id.eq(order_id))
-        .order(reservation_lines::sku)
-        .select((reservation_lines::sku, reservation_lines::quantity))
-        .load(conn)
-        .await
+/// The lines held for each of the orders, by SKU.
+pub async fn lines_of(
+    conn: &AsyncPgConnection,
+    order_ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, Vec<(String, i32)>>> {
+    let rows: Vec<(Uuid, String, i32)> = reservation_lines::table
+        .filter(reservation_lines::order_id.eq_any(order_ids))
+        .order((reservation_lines::order_id, reservation_lines::sku))
+        .select((
+            reservation_lines::order_id,
+            reservation_lines::sku,
+            reservation_lines::quantity,
+        ))
+        .load(&mut &*conn)
+        .await?;
+    let mut by_order: HashMap<Uuid, Vec<(String, i32)>> = HashMap::new();
+    for (order_id, sku, quantity) in rows {
+        by_order.entry(order_id).or_default().push((sku, quantity));
+    }
+    Ok(by_order)
 }
