@@ -23,6 +23,23 @@ pub fn notify_channel(schema: &str) -> String {
     format!("{schema}_outbox")
 }
 
+/// One outbox row, as [`Outbox::entry`] prepares it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The event's ID, its AMQP `message_id`.
+    pub event_id: Uuid,
+    /// What kind of aggregate it is about (`order`, `customer`, …).
+    pub aggregate_type: &'static str,
+    /// Which one.
+    pub aggregate_id: String,
+    /// The routing key.
+    pub event_type: &'static str,
+    /// The protobuf-encoded event.
+    pub payload: Vec<u8>,
+    /// The CloudEvents and trace headers.
+    pub headers: serde_json::Value,
+}
+
 /// Writes events to a service's outbox.
 ///
 /// Call [`Outbox::enqueue`] (or [`Outbox::enqueue_all`] for many events)
@@ -107,38 +124,53 @@ impl Outbox {
         conn: &AsyncPgConnection,
         events: impl IntoIterator<Item = (&'a E, &'a TraceContext)>,
     ) -> diesel::QueryResult<Vec<Uuid>> {
-        debug_assert_eq!(
-            E::SOURCE,
-            &*self.source,
-            "event published by the wrong service"
-        );
-        let now = Utc::now();
-        let mut ids = Vec::new();
-        let rows: Vec<_> = events
+        let entries: Vec<Entry> = events
             .into_iter()
-            .map(|(event, trace)| {
-                let event_id = Uuid::now_v7();
-                ids.push(event_id);
-                let headers = envelope::headers(event, event_id, now, &trace.child());
-                tracing::debug!(%event_id, event_type = E::TYPE, aggregate_id = event.aggregate_id(), "event enqueued");
+            .map(|(event, trace)| self.entry(event, trace))
+            .collect();
+        let ids = entries.iter().map(|entry| entry.event_id).collect();
+        if entries.is_empty() {
+            return Ok(ids);
+        }
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|entry| {
+                tracing::debug!(event_id = %entry.event_id, event_type = entry.event_type, aggregate_id = %entry.aggregate_id, "event enqueued");
                 (
-                    outbox::event_id.eq(event_id),
-                    outbox::aggregate_type.eq(E::AGGREGATE),
-                    outbox::aggregate_id.eq(event.aggregate_id()),
-                    outbox::event_type.eq(E::TYPE),
-                    outbox::payload.eq(event.encode_to_vec()),
-                    outbox::headers.eq(headers),
+                    outbox::event_id.eq(entry.event_id),
+                    outbox::aggregate_type.eq(entry.aggregate_type),
+                    outbox::aggregate_id.eq(&entry.aggregate_id),
+                    outbox::event_type.eq(entry.event_type),
+                    outbox::payload.eq(&entry.payload),
+                    outbox::headers.eq(&entry.headers),
                 )
             })
             .collect();
-        if rows.is_empty() {
-            return Ok(ids);
-        }
         diesel::insert_into(outbox::table)
             .values(rows)
             .execute(&mut &*conn)
             .await?;
         Ok(ids)
+    }
+
+    /// The outbox row for `event`, for a caller that inserts it within a
+    /// statement of its own (e.g. one that writes a whole aggregate and its
+    /// event in one round trip); [`Outbox::enqueue`] writes exactly this.
+    pub fn entry<E: dbps::Event>(&self, event: &E, trace: &TraceContext) -> Entry {
+        debug_assert_eq!(
+            E::SOURCE,
+            &*self.source,
+            "event published by the wrong service"
+        );
+        let event_id = Uuid::now_v7();
+        Entry {
+            event_id,
+            aggregate_type: E::AGGREGATE,
+            aggregate_id: event.aggregate_id().to_owned(),
+            event_type: E::TYPE,
+            payload: event.encode_to_vec(),
+            headers: envelope::headers(event, event_id, Utc::now(), &trace.child()),
+        }
     }
 
     /// Wakes the relay after a transaction that enqueued events committed:

@@ -609,3 +609,87 @@ async fn a_nacked_event_is_published_again_within_milliseconds() {
         made_room.elapsed()
     );
 }
+
+/// With a window far smaller than the backlog, every row is published exactly
+/// once and in id order: a row in flight is never read again, and reading
+/// goes on while earlier confirms are pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_window_publishes_every_row_once_and_in_order() {
+    use futures_util::StreamExt;
+
+    let probe = Probe::new().await;
+    let channel = probe.amqp.channel().await.unwrap();
+    topology::declare_exchange(&channel, &probe.env.prefix, "customer")
+        .await
+        .unwrap();
+    let queue = format!("{}.window", probe.env.prefix);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            // Gone with the test's connection.
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            topology::exchange(&probe.env.prefix, "customer").into(),
+            "customer.registered".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // A backlog before the relay starts, and more rows while it publishes.
+    let ids: Vec<String> = (0..600).map(|i| format!("w-{i:04}")).collect();
+    let mut conn = probe.conn().await;
+    for id in &ids[..300] {
+        probe.enqueue(&mut conn, id).await;
+    }
+    let mut config = RelayConfig::new("customer", &probe.env.prefix, &probe.url, SCHEMA);
+    config.window = 16;
+    config.batch_size = 7;
+    probe.start_relay_with(config).await;
+    for id in &ids[300..] {
+        probe.enqueue(&mut conn, id).await;
+    }
+
+    let mut seen = Vec::with_capacity(ids.len());
+    while seen.len() < ids.len() {
+        let delivery = tokio::time::timeout(WAIT, deliveries.next())
+            .await
+            .expect("every row to be published")
+            .unwrap()
+            .unwrap();
+        seen.push(
+            CustomerRegistered::decode(&*delivery.data)
+                .unwrap()
+                .customer_id,
+        );
+    }
+    assert_eq!(seen, ids, "published out of order");
+    let more = tokio::time::timeout(Duration::from_millis(500), deliveries.next()).await;
+    assert!(more.is_err(), "a row was published twice");
+    eventually("every row to be marked", WAIT, || async {
+        (probe.unpublished().await == 0).then_some(())
+    })
+    .await;
+}

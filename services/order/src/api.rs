@@ -1,5 +1,5 @@
 //! `order.v1.OrderService`: validates at the edge, checks and prices against
-//! the local replicas, writes order and event in one transaction.
+//! the local replicas, writes order, lines and event in one statement.
 
 use broker::{Outbox, TraceContext, pg::PgPool};
 use chrono::{SubsecRound, Utc};
@@ -108,68 +108,69 @@ impl OrderApi {
         request: &PlaceOrder,
         trace: &TraceContext,
     ) -> Result<Stored, PlaceError> {
-        let mut conn = self.pool.get().await?;
-        conn.transaction::<_, PlaceError, _>(async |conn| {
-            if let Some(key) = &request.idempotency_key
-                && let Some(existing) = orders::find_by_key(conn, request.customer_id, key).await?
-            {
-                return same_order(existing, request);
+        let conn = self.pool.get().await?;
+        let conn: &AsyncPgConnection = &conn;
+        // Two round trips: the reads pipelined, then one statement for the
+        // order, its lines and its event. The reads need no transaction: the
+        // write does not depend on their snapshot (an idempotency key used
+        // meanwhile is caught by the insert itself).
+        let skus: Vec<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
+        let earlier = async {
+            match &request.idempotency_key {
+                Some(key) => orders::find_by_key(conn, request.customer_id, key).await,
+                None => Ok(None),
             }
-            // Independent queries are pipelined: one round trip each step.
-            let shared: &AsyncPgConnection = conn;
-            let skus: Vec<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
-            let (known, prices) = try_join!(
-                replicas::customer_exists(shared, request.customer_id),
-                replicas::prices(shared, &skus),
-            )?;
-            if !known {
-                return Err(PlaceError::UnknownCustomer(request.customer_id));
-            }
-            let (lines, total_cents) =
-                domain::price(&request.lines, &prices).map_err(PlaceError::UnknownSkus)?;
+        };
+        let (earlier, known, prices) = try_join!(
+            earlier,
+            replicas::customer_exists(conn, request.customer_id),
+            replicas::prices(conn, &skus),
+        )?;
+        if let Some(earlier) = earlier {
+            return same_order(earlier, request);
+        }
+        if !known {
+            return Err(PlaceError::UnknownCustomer(request.customer_id));
+        }
+        let (lines, total_cents) =
+            domain::price(&request.lines, &prices).map_err(PlaceError::UnknownSkus)?;
 
-            // Postgres keeps microseconds: answer with what is stored.
-            let now = Utc::now().trunc_subsecs(6);
-            let order = OrderRow {
-                order_id: Uuid::now_v7(),
-                customer_id: request.customer_id,
-                status: OrderStatus::Pending.as_str().to_owned(),
-                status_reason: String::new(),
-                total_cents,
-                idempotency_key: request.idempotency_key.clone(),
-                created_at: now,
-                updated_at: now,
-            };
-            if !orders::insert(shared, &order).await? {
-                // A concurrent request with the same key committed first.
-                let key = request.idempotency_key.as_deref().unwrap_or_default();
-                let existing = orders::find_by_key(conn, request.customer_id, key).await?;
-                return existing
-                    .ok_or(PlaceError::KeyReused)
-                    .and_then(|existing| same_order(existing, request));
-            }
-            let stored = Stored {
-                lines: lines
-                    .iter()
-                    .zip(0..)
-                    .map(|(line, line_no)| LineRow {
-                        order_id: order.order_id,
-                        line_no,
-                        sku: line.sku.clone(),
-                        quantity: line.quantity,
-                        unit_price_cents: line.unit_price_cents,
-                    })
-                    .collect(),
-                order,
-            };
-            let event = created(&stored);
-            try_join!(
-                orders::insert_lines(shared, &stored.lines),
-                self.outbox.enqueue(shared, &event, trace),
-            )?;
-            Ok(stored)
-        })
-        .await
+        // Postgres keeps microseconds: answer with what is stored.
+        let now = Utc::now().trunc_subsecs(6);
+        let order = OrderRow {
+            order_id: Uuid::now_v7(),
+            customer_id: request.customer_id,
+            status: OrderStatus::Pending.as_str().to_owned(),
+            status_reason: String::new(),
+            total_cents,
+            idempotency_key: request.idempotency_key.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        let stored = Stored {
+            lines: lines
+                .iter()
+                .zip(0..)
+                .map(|(line, line_no)| LineRow {
+                    order_id: order.order_id,
+                    line_no,
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                    unit_price_cents: line.unit_price_cents,
+                })
+                .collect(),
+            order,
+        };
+        let event = self.outbox.entry(&created(&stored), trace);
+        if !orders::insert_placed(conn, &stored.order, &stored.lines, &event).await? {
+            // A concurrent request with the same key committed first.
+            let key = request.idempotency_key.as_deref().unwrap_or_default();
+            let existing = orders::find_by_key(conn, request.customer_id, key).await?;
+            return existing
+                .ok_or(PlaceError::KeyReused)
+                .and_then(|existing| same_order(existing, request));
+        }
+        Ok(stored)
     }
 }
 

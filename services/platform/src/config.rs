@@ -158,11 +158,16 @@ pub struct Settings {
     #[arg(long, env = "RUN_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_relay: bool,
 
-    /// Outbox rows the relay publishes per round.
+    /// Most outbox rows the relay reads at a time.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
     pub relay_batch_size: i64,
 
-    /// Longest time between relay rounds when no NOTIFY wakes it.
+    /// Most events the relay has published and not yet seen confirmed and
+    /// marked (its sliding window).
+    #[arg(long, env = "RELAY_WINDOW", default_value_t = 4096)]
+    pub relay_window: usize,
+
+    /// Longest time between the relay's reads when nothing wakes it.
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub relay_poll_interval: Duration,
 
@@ -234,6 +239,7 @@ impl Settings {
         let mut config =
             broker::RelayConfig::new(spec.name, &self.amqp_prefix, database_url, spec.schema);
         config.batch_size = self.relay_batch_size;
+        config.window = self.relay_window;
         config.poll_interval = self.relay_poll_interval;
         config.listen = self.outbox_notify;
         config.outbox_retention = self.outbox_retention;

@@ -2,10 +2,13 @@
 
 use std::collections::HashMap;
 
+use broker::outbox::Entry;
 use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
-    sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid},
+    sql_types::{
+        Array, BigInt, Bytea, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    },
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -44,25 +47,61 @@ pub struct Order {
     pub lines: Vec<LineRow>,
 }
 
-/// Inserts an order unless the customer already used its idempotency key;
-/// false then (nothing written).
-pub async fn insert(conn: &AsyncPgConnection, order: &OrderRow) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(orders::table)
-        .values(order)
-        .on_conflict((orders::customer_id, orders::idempotency_key))
-        .do_nothing()
-        .execute(&mut &*conn)
-        .await?;
-    Ok(inserted == 1)
-}
-
-/// Inserts the lines of an order just inserted.
-pub async fn insert_lines(conn: &AsyncPgConnection, lines: &[LineRow]) -> QueryResult<()> {
-    diesel::insert_into(order_lines::table)
-        .values(lines)
-        .execute(&mut &*conn)
-        .await
-        .map(|_| ())
+/// Writes a new order, its lines and its event in one statement (one round
+/// trip, atomic without a `BEGIN` and `COMMIT` of its own), unless the
+/// customer already used the order's idempotency key: false then, and
+/// nothing is written. The lines' foreign key is checked at the end of the
+/// statement, so they may refer to the order inserted beside them.
+pub async fn insert_placed(
+    conn: &AsyncPgConnection,
+    order: &OrderRow,
+    lines: &[LineRow],
+    event: &Entry,
+) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Placed {
+        #[diesel(sql_type = BigInt)]
+        placed: i64,
+    }
+    let placed: Placed = diesel::sql_query(
+        "WITH placed AS (
+             INSERT INTO orders (order_id, customer_id, status, status_reason, total_cents,
+                                 idempotency_key, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (customer_id, idempotency_key) DO NOTHING
+             RETURNING order_id
+         ), lines AS (
+             INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_cents)
+             SELECT placed.order_id, line.*
+             FROM placed, unnest($9::int4[], $10::text[], $11::int4[], $12::int8[])
+                          AS line(line_no, sku, quantity, unit_price_cents)
+         ), event AS (
+             INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
+             SELECT $13, $14, $15, $16, $17, $18 FROM placed
+         )
+         SELECT count(*) AS placed FROM placed",
+    )
+    .bind::<SqlUuid, _>(order.order_id)
+    .bind::<SqlUuid, _>(order.customer_id)
+    .bind::<Text, _>(&order.status)
+    .bind::<Text, _>(&order.status_reason)
+    .bind::<BigInt, _>(order.total_cents)
+    .bind::<Nullable<Text>, _>(&order.idempotency_key)
+    .bind::<Timestamptz, _>(order.created_at)
+    .bind::<Timestamptz, _>(order.updated_at)
+    .bind::<Array<Integer>, _>(lines.iter().map(|line| line.line_no).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(lines.iter().map(|line| line.sku.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(lines.iter().map(|line| line.quantity).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(lines.iter().map(|line| line.unit_price_cents).collect::<Vec<_>>())
+    .bind::<SqlUuid, _>(event.event_id)
+    .bind::<Text, _>(event.aggregate_type)
+    .bind::<Text, _>(&event.aggregate_id)
+    .bind::<Text, _>(event.event_type)
+    .bind::<Bytea, _>(&event.payload)
+    .bind::<Jsonb, _>(&event.headers)
+    .get_result(&mut &*conn)
+    .await?;
+    Ok(placed.placed == 1)
 }
 
 /// The orders of `order_ids` that exist, locked until the transaction ends
@@ -152,7 +191,7 @@ pub async fn notify_changed_all(conn: &AsyncPgConnection, order_ids: &[Uuid]) ->
 
 /// The order a customer placed with `key`, if any.
 pub async fn find_by_key(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     customer_id: Uuid,
     key: &str,
 ) -> QueryResult<Option<Order>> {
@@ -160,7 +199,7 @@ pub async fn find_by_key(
         .filter(orders::customer_id.eq(customer_id))
         .filter(orders::idempotency_key.eq(key))
         .select(OrderRow::as_select())
-        .first(conn)
+        .first(&mut &*conn)
         .await
         .optional()?;
     with_lines_one(conn, row).await
@@ -200,7 +239,7 @@ pub async fn page(
 }
 
 async fn with_lines_one(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     row: Option<OrderRow>,
 ) -> QueryResult<Option<Order>> {
     Ok(match row {
@@ -210,13 +249,13 @@ async fn with_lines_one(
 }
 
 /// Loads the lines of `rows` in one query.
-async fn with_lines(conn: &mut AsyncPgConnection, rows: Vec<OrderRow>) -> QueryResult<Vec<Order>> {
+async fn with_lines(conn: &AsyncPgConnection, rows: Vec<OrderRow>) -> QueryResult<Vec<Order>> {
     let ids: Vec<Uuid> = rows.iter().map(|row| row.order_id).collect();
     let lines: Vec<LineRow> = order_lines::table
         .filter(order_lines::order_id.eq_any(&ids))
         .order((order_lines::order_id, order_lines::line_no))
         .select(LineRow::as_select())
-        .load(conn)
+        .load(&mut &*conn)
         .await?;
     let mut by_order: HashMap<Uuid, Vec<LineRow>> = HashMap::new();
     for line in lines {
