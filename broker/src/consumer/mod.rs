@@ -286,6 +286,7 @@ impl Consumer {
                 event_log: self.event_log.clone(),
                 metrics: crate::metrics::ConsumerMetrics::new(&name, source),
                 wakes: self.wakes.clone(),
+                held: Default::default(),
             };
             workers.push(tokio::spawn(worker.run(shutdown.clone(), queue_ready)));
         }

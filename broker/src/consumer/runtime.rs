@@ -1,6 +1,12 @@
 //! The loop behind one queue: consume, batch, apply, ack.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
@@ -33,6 +39,10 @@ pub(super) struct QueueWorker {
     pub(super) event_log: Option<EventLog>,
     pub(super) metrics: ConsumerMetrics,
     pub(super) wakes: Option<crate::Outbox>,
+    /// Failed deliveries waiting for their delayed requeue: while there are
+    /// any, a batch is acked delivery by delivery, never with `multiple`
+    /// (which would ack them too).
+    pub(super) held: Arc<AtomicUsize>,
 }
 
 impl QueueWorker {
@@ -206,6 +216,14 @@ impl QueueWorker {
             outbox.committed();
         }
 
+        // The common case, every delivery applied or a duplicate and none
+        // held back from an earlier batch: one ack with `multiple` for the
+        // batch (the deliveries behind it have higher tags and are untouched).
+        let ack_at_once = AtomicUsize::load(&self.held, Ordering::Acquire) == 0
+            && outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, Outcome::Applied | Outcome::Duplicate));
+        let ack_one = BasicAckOptions { multiple: false };
         let mut retry = Vec::new();
         for (item, outcome) in work.iter().zip(outcomes) {
             match outcome {
@@ -217,13 +235,17 @@ impl QueueWorker {
                         .map(|at| (Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1e3);
                     tracing::debug!(event_id = %item.decoded.event_id, event_type = %item.delivery.routing_key, lag_ms, "event applied");
                     self.metrics.unacked.decrement(1.0);
-                    item.delivery.acker.ack(BasicAckOptions::default()).await?;
+                    if !ack_at_once {
+                        item.delivery.acker.ack(ack_one).await?;
+                    }
                 }
                 Outcome::Duplicate => {
                     self.metrics.duplicate.increment(1);
                     tracing::debug!(event_id = %item.decoded.event_id, "duplicate delivery skipped");
                     self.metrics.unacked.decrement(1.0);
-                    item.delivery.acker.ack(BasicAckOptions::default()).await?;
+                    if !ack_at_once {
+                        item.delivery.acker.ack(ack_one).await?;
+                    }
                 }
                 Outcome::Rejected(reason) => {
                     self.metrics.dead_lettered.increment(1);
@@ -241,6 +263,12 @@ impl QueueWorker {
                 }
             }
         }
+        if ack_at_once && let Some(last) = work.last() {
+            last.delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
         for delivery in retry {
             // Requeue after a pause that grows with the attempts, without
             // holding up the deliveries behind it: the failing message stays
@@ -253,6 +281,8 @@ impl QueueWorker {
             let acker = delivery.acker.clone();
             let shutdown = shutdown.clone();
             let unacked = self.metrics.unacked.clone();
+            let held = self.held.clone();
+            held.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(async move {
                 sleep_or_shutdown(delay, &shutdown).await;
                 unacked.decrement(1.0);
@@ -264,6 +294,7 @@ impl QueueWorker {
                     // The channel is gone: the broker requeues it anyway.
                     tracing::debug!(%error, "could not nack a failed delivery");
                 }
+                held.fetch_sub(1, Ordering::AcqRel);
             });
         }
         Ok(())
