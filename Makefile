@@ -57,16 +57,23 @@ cluster-faults: ## Cluster fault suite R7-R11: replicas, broker node and databas
 	@trap 'scripts/cluster.sh down' EXIT; target/release/faults --cluster $(CLUSTER_FAULTS_ARGS)
 
 .PHONY: bench
-bench: ## P1-P6 against raw baselines in one run (release build, about 10 min); target/bench/latest.json
+bench: ## P1-P7 against raw baselines in one run (release build, about 11 min); target/bench/latest.json, README table
 	@scripts/ensure-infra.sh
 	cargo build --release -p order-service -p customer-service -p inventory-service -p reporting-service -p bench
 	target/release/bench
+	@$(MAKE) --no-print-directory bench-table
 
 .PHONY: bench-quick
-bench-quick: ## The same figures from shorter runs (about 2 min)
+bench-quick: ## The same figures from shorter runs (about 3 min)
 	@scripts/ensure-infra.sh
 	cargo build --release -p order-service -p customer-service -p inventory-service -p reporting-service -p bench
 	target/release/bench --quick
+	@$(MAKE) --no-print-directory bench-table
+
+.PHONY: bench-table
+bench-table: ## Regenerate the README's Performance table from target/bench/latest.json
+	cargo build --release -p bench
+	target/release/bench table --json target/bench/latest.json --readme README.md
 
 .PHONY: lint
 lint: ## Formatting, clippy with warnings denied, buf lint of the contracts, the Docker build context

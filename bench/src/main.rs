@@ -1,25 +1,35 @@
 //! `make bench`: every figure is a ratio against a raw baseline measured in
 //! the same run, on the same machine, against the same Postgres and RabbitMQ.
 //!
-//! * [`throughput`]: P1 `PlaceOrder` over gRPC vs the same rows inserted raw.
+//! * [`floor`]: the hop floor, one commit plus one confirmed publish.
+//! * [`throughput`]: P1 `PlaceOrder` over gRPC vs the same rows written by
+//!   the fastest raw client, itself anchored by [`pgbench`].
 //! * [`relay`]: P2 relay drain of an outbox backlog vs raw publishing.
-//! * [`latency`]: P3 commit → points applied; P5 `PlaceOrder` → APPROVED seen
-//!   by `WatchOrder`.
 //! * [`consumer`]: P4 consumer apply rate vs raw consume and ack.
+//! * [`capacity`]: P7 the whole system's highest steady rate vs the ceiling
+//!   the raw rates above give for what an order costs.
+//! * [`latency`]: P3 commit → points applied; P5 commit → APPROVED seen by
+//!   `WatchOrder`, at half of P7 and at 100 orders/s, in hop floors.
 //! * [`resources`]: P6 memory and start-up time.
 //!
 //! The services run as the release binaries, as processes, through
-//! `testkit::stack`. Results print as a table and go to
-//! `target/bench/latest.json`.
+//! `testkit::stack`. Results print as they are measured, then every target
+//! of [`targets::TARGETS`] with met / not met; all go to
+//! `target/bench/latest.json`, from which `bench table` regenerates the
+//! README's table.
 
 // A command-line tool: it reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod capacity;
 mod consumer;
+mod floor;
 mod latency;
+mod pgbench;
 mod relay;
 mod resources;
 mod setup;
+mod targets;
 mod throughput;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -37,14 +47,16 @@ pub struct Options {
     /// Where the release service binaries are.
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
-    /// Only these parts (throughput = P1 and P6, relay = P2, latency = P3 and
-    /// P5, consumer = P4); all by default.
+    /// Only these parts (floor = the hop floor, throughput = P1 and P6,
+    /// relay = P2, consumer = P4, capacity = P7, latency = P3 and P5); all by
+    /// default, in that order.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Keep each run's database and queues for inspection.
     #[arg(long)]
     pub keep: bool,
-    /// P3's open-loop rate, orders per second.
+    /// P3's and P5's open-loop rate, orders per second, when P7 did not run
+    /// (otherwise half of P7's capacity).
     #[arg(long, default_value_t = 1000)]
     pub p3_rate: u32,
     /// Where to write the JSON results.
@@ -52,6 +64,22 @@ pub struct Options {
     pub out: PathBuf,
     #[command(flatten)]
     pub servers: testkit::stack::Servers,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Regenerate the README's Performance table from a results file (between
+    /// its bench-table markers); measures nothing.
+    Table {
+        /// The results of a run.
+        #[arg(long, default_value = "target/bench/latest.json")]
+        json: PathBuf,
+        /// The README to update.
+        #[arg(long, default_value = "README.md")]
+        readme: PathBuf,
+    },
 }
 
 impl Options {
@@ -76,6 +104,15 @@ pub type Results = Map<String, Value>;
 
 fn main() -> ExitCode {
     let options = Options::parse();
+    if let Some(Command::Table { json, readme }) = &options.command {
+        return match table(json, readme) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("bench table failed: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,24 +131,37 @@ fn main() -> ExitCode {
 async fn run(options: &Options) -> anyhow::Result<()> {
     let mut results = Results::new();
     let started = std::time::Instant::now();
-    println!("{}", machine());
+    let machine = machine();
+    println!("{machine}");
+    results.insert("machine".into(), machine.into());
+    results.insert("quick".into(), options.quick.into());
     let wanted = |part: &str| options.only.is_empty() || options.only.iter().any(|p| p == part);
+    if wanted("floor") {
+        floor::run(options, &mut results).await?;
+    }
     if wanted("throughput") {
         throughput::run(options, &mut results).await?;
     }
     if wanted("relay") {
         relay::run(options, &mut results).await?;
     }
-    if wanted("latency") {
-        latency::run(options, &mut results).await?;
-    }
     if wanted("consumer") {
         consumer::run(options, &mut results).await?;
     }
+    // After P1, P2 and P4: its ceiling is made of their raw rates.
+    if wanted("capacity") {
+        capacity::run(options, &mut results).await?;
+    }
+    // After P7: P3 and P5 run at half of its rate.
+    if wanted("latency") {
+        latency::run(options, &mut results).await?;
+    }
+    targets::print(&results);
     results.insert(
         "bench_seconds".into(),
         started.elapsed().as_secs_f64().round().into(),
     );
+    results.insert("targets".into(), targets::json(&results));
     if let Some(dir) = options.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -123,6 +173,26 @@ async fn run(options: &Options) -> anyhow::Result<()> {
         "\nresults: {} ({} s)",
         options.out.display(),
         started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+/// `bench table`: the README's table regenerated from `json`.
+fn table(json: &std::path::Path, readme: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let results: Results = serde_json::from_str(&text)?;
+    let current =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let updated = targets::splice(&current, &targets::readme_table(&results))?;
+    if updated != current {
+        std::fs::write(readme, updated)?;
+    }
+    println!(
+        "{}: Performance table regenerated from {}",
+        readme.display(),
+        json.display()
     );
     Ok(())
 }

@@ -14,12 +14,18 @@ use std::{
 };
 
 use dbps::order::v1::{OrderCreated, OrderLine, order_service_client::OrderServiceClient};
-use diesel::sql_types::{Bytea, Int4, Int8, Jsonb, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel::{
+    ExpressionMethods,
+    pg::Pg,
+    query_builder::{AstPass, QueryFragment, QueryId},
+    sql_types::Int8,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use futures_util::{FutureExt, future::BoxFuture};
 use prost::Message;
 
 use crate::{
-    Options, Results, report, resources,
+    Options, Results, pgbench, report, resources,
     setup::{self, Lcg, World},
 };
 
@@ -43,8 +49,10 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
         "\nP1 PlaceOrder throughput ({} s per level; order service only)",
         duration.as_secs()
     );
+    let script = pgbench::script(&options.out, &world)?;
     for clients in LEVELS {
         let raw = raw_rate(&pool, &world, clients, duration).await?;
+        let anchor = pgbench::tps(&url, &script, clients, duration).await?;
         let served = grpc_rate(&client, &world, clients, duration).await?;
         let ratio = report(
             &format!("P1 {clients:>2} clients, orders/s"),
@@ -55,6 +63,17 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
         results.insert(format!("p1_orders_per_s_{clients}"), round(served).into());
         results.insert(format!("p1_raw_orders_per_s_{clients}"), round(raw).into());
         results.insert(format!("p1_ratio_{clients}"), round2(ratio).into());
+        if let Some(anchor) = anchor {
+            let of_pgbench = if anchor > 0.0 { raw / anchor } else { 0.0 };
+            println!(
+                "P1 {clients:>2} clients, raw client vs pgbench     {raw:>10.1} orders/s  pgbench {anchor:>6.1} tx/s     ratio {of_pgbench:>5.2}"
+            );
+            results.insert(format!("p1_pgbench_per_s_{clients}"), round(anchor).into());
+            results.insert(
+                format!("p1_raw_pgbench_ratio_{clients}"),
+                round2(of_pgbench).into(),
+            );
+        }
     }
 
     // The whole system at 32 clients, and its memory meanwhile. The events
@@ -152,7 +171,7 @@ const QUEUES: [(&str, &str); 7] = [
 
 /// Events waiting in each consumer queue (ready, not yet delivered), in the
 /// order of [`QUEUES`].
-async fn queued(stack: &testkit::stack::Stack) -> anyhow::Result<Vec<u64>> {
+pub async fn queued(stack: &testkit::stack::Stack) -> anyhow::Result<Vec<u64>> {
     let channel = stack.amqp.channel().await?;
     let mut counts = Vec::with_capacity(QUEUES.len());
     for (consumer, source) in QUEUES {
@@ -273,8 +292,179 @@ async fn raw_schema(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The same rows PlaceOrder writes, in one transaction each, by `clients`
-/// loops over a pool: orders per second.
+/// A statement of fixed text with a static query ID, so that the connection
+/// prepares it once and can pipeline it with the statements around it
+/// (`diesel::sql_query` is prepared anew on every call, a round trip of its
+/// own).
+#[derive(Clone, Copy, Debug, QueryId)]
+struct Begin;
+
+#[derive(Clone, Copy, Debug, QueryId)]
+struct Commit;
+
+impl QueryFragment<Pg> for Begin {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> diesel::QueryResult<()> {
+        out.push_sql("BEGIN");
+        Ok(())
+    }
+}
+
+impl QueryFragment<Pg> for Commit {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> diesel::QueryResult<()> {
+        out.push_sql("COMMIT");
+        Ok(())
+    }
+}
+
+/// The baseline's copies of the order service's tables.
+mod raw {
+    diesel::table! {
+        bench_raw.orders (order_id) {
+            order_id -> Uuid,
+            customer_id -> Uuid,
+            status -> Text,
+            total_cents -> Int8,
+        }
+    }
+
+    diesel::table! {
+        bench_raw.order_lines (order_id, line_no) {
+            order_id -> Uuid,
+            line_no -> Int4,
+            sku -> Text,
+            quantity -> Int4,
+            unit_price_cents -> Int8,
+        }
+    }
+
+    diesel::table! {
+        bench_raw.outbox (id) {
+            id -> Int8,
+            event_id -> Uuid,
+            aggregate_type -> Text,
+            aggregate_id -> Text,
+            event_type -> Text,
+            payload -> Bytea,
+            headers -> Jsonb,
+        }
+    }
+}
+
+/// The rows of one order as the raw client writes them.
+pub struct RawOrder {
+    pub order_id: uuid::Uuid,
+    pub customer_id: uuid::Uuid,
+    pub lines: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub event_id: uuid::Uuid,
+    pub payload: Vec<u8>,
+    pub headers: serde_json::Value,
+}
+
+impl RawOrder {
+    /// The rows PlaceOrder writes for `request`: the order, its lines (at a
+    /// fixed price) and its `order.created` event with CloudEvents headers.
+    pub fn new(request: &dbps::order::v1::PlaceOrderRequest) -> anyhow::Result<Self> {
+        let order_id = uuid::Uuid::now_v7();
+        let event_id = uuid::Uuid::now_v7();
+        let lines: Vec<OrderLine> = request
+            .lines
+            .iter()
+            .map(|l| OrderLine {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+                unit_price_cents: 100,
+            })
+            .collect();
+        let total_cents: i64 = lines
+            .iter()
+            .map(|l| i64::from(l.quantity) * l.unit_price_cents)
+            .sum();
+        let payload = OrderCreated {
+            order_id: order_id.to_string(),
+            customer_id: request.customer_id.clone(),
+            lines: lines.clone(),
+            total_cents,
+            created_at: None,
+        }
+        .encode_to_vec();
+        let headers = serde_json::json!({
+            "ce-specversion": "1.0",
+            "ce-id": event_id.to_string(),
+            "ce-source": "/services/order",
+            "ce-type": "order.v1.OrderCreated",
+            "ce-time": "2026-01-01T00:00:00.000000Z",
+            "ce-subject": order_id.to_string(),
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        });
+        Ok(RawOrder {
+            order_id,
+            customer_id: uuid::Uuid::try_parse(&request.customer_id)?,
+            lines,
+            total_cents,
+            event_id,
+            payload,
+            headers,
+        })
+    }
+
+    /// Writes the rows in one transaction, in one round trip: BEGIN, the
+    /// order, all lines in one multi-row INSERT, the outbox row and COMMIT
+    /// go out pipelined. Every statement's answer is checked; after a failed
+    /// one the server rolls the transaction back at COMMIT.
+    async fn insert(&self, conn: &AsyncPgConnection) -> anyhow::Result<()> {
+        use raw::{order_lines, orders, outbox};
+        let line = |no: i32, l: &'_ OrderLine| {
+            (
+                order_lines::order_id.eq(self.order_id),
+                order_lines::line_no.eq(no),
+                order_lines::sku.eq(l.sku.clone()),
+                order_lines::quantity.eq(l.quantity),
+                order_lines::unit_price_cents.eq(l.unit_price_cents),
+            )
+        };
+        let mut rows = (0..).zip(&self.lines).map(|(no, l)| line(no, l));
+        // Arrays, not slices: a fixed row count keeps the statement cached.
+        let lines: BoxFuture<'_, diesel::QueryResult<usize>> =
+            match (rows.next(), rows.next(), rows.next()) {
+                (Some(a), None, None) => diesel::insert_into(order_lines::table)
+                    .values([a])
+                    .execute(&mut &*conn),
+                (Some(a), Some(b), None) => diesel::insert_into(order_lines::table)
+                    .values([a, b])
+                    .execute(&mut &*conn),
+                _ => async { Err(diesel::result::Error::NotFound) }.boxed(),
+            };
+        futures_util::try_join!(
+            Begin.execute(&mut &*conn),
+            diesel::insert_into(orders::table)
+                .values((
+                    orders::order_id.eq(self.order_id),
+                    orders::customer_id.eq(self.customer_id),
+                    orders::status.eq("PENDING"),
+                    orders::total_cents.eq(self.total_cents),
+                ))
+                .execute(&mut &*conn),
+            lines,
+            diesel::insert_into(outbox::table)
+                .values((
+                    outbox::event_id.eq(self.event_id),
+                    outbox::aggregate_type.eq("order"),
+                    outbox::aggregate_id.eq(self.order_id.to_string()),
+                    outbox::event_type.eq("order.created"),
+                    outbox::payload.eq(&self.payload),
+                    outbox::headers.eq(&self.headers),
+                ))
+                .execute(&mut &*conn),
+            Commit.execute(&mut &*conn),
+        )?;
+        Ok(())
+    }
+}
+
+/// The same rows PlaceOrder writes, one transaction per order, by `clients`
+/// loops over a pool, each the fastest a client can write them: orders per
+/// second.
 async fn raw_rate(
     pool: &broker::pg::PgPool,
     world: &World,
@@ -288,63 +478,10 @@ async fn raw_rate(
         let (pool, world, inserted) = (pool.clone(), world.clone(), inserted.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = Lcg(seed as u64 + 1);
+            let conn = pool.get().await?;
             while Instant::now() < deadline {
-                let request = setup::order(&world, &mut rng);
-                let order_id = uuid::Uuid::now_v7();
-                let customer_id = uuid::Uuid::try_parse(&request.customer_id)?;
-                let lines: Vec<OrderLine> = request
-                    .lines
-                    .iter()
-                    .map(|l| OrderLine { sku: l.sku.clone(), quantity: l.quantity, unit_price_cents: 100 })
-                    .collect();
-                let total: i64 = lines.iter().map(|l| i64::from(l.quantity) * l.unit_price_cents).sum();
-                let event = OrderCreated {
-                    order_id: order_id.to_string(),
-                    customer_id: request.customer_id.clone(),
-                    lines: lines.clone(),
-                    total_cents: total,
-                    created_at: None,
-                };
-                let headers = serde_json::json!({
-                    "ce-specversion": "1.0", "ce-id": uuid::Uuid::now_v7().to_string(), "ce-source": "/services/order",
-                    "ce-type": "order.v1.OrderCreated", "ce-time": "2026-01-01T00:00:00.000000Z",
-                    "ce-subject": order_id.to_string(), "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                });
-                let mut conn = pool.get().await?;
-                conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-                    diesel::sql_query(
-                        "INSERT INTO orders (order_id, customer_id, status, total_cents) VALUES ($1, $2, 'PENDING', $3)",
-                    )
-                    .bind::<SqlUuid, _>(order_id)
-                    .bind::<SqlUuid, _>(customer_id)
-                    .bind::<Int8, _>(total)
-                    .execute(conn)
-                    .await?;
-                    for (i, line) in lines.iter().enumerate() {
-                        diesel::sql_query(
-                            "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_cents) VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind::<SqlUuid, _>(order_id)
-                        .bind::<Int4, _>(i as i32)
-                        .bind::<Text, _>(&line.sku)
-                        .bind::<Int4, _>(line.quantity)
-                        .bind::<Int8, _>(line.unit_price_cents)
-                        .execute(conn)
-                        .await?;
-                    }
-                    diesel::sql_query(
-                        "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
-                         VALUES ($1, 'order', $2, 'order.created', $3, $4)",
-                    )
-                    .bind::<SqlUuid, _>(uuid::Uuid::now_v7())
-                    .bind::<Text, _>(order_id.to_string())
-                    .bind::<Bytea, _>(event.encode_to_vec())
-                    .bind::<Jsonb, _>(headers)
-                    .execute(conn)
-                    .await?;
-                    Ok(())
-                })
-                .await?;
+                let order = RawOrder::new(&setup::order(&world, &mut rng))?;
+                order.insert(&conn).await?;
                 inserted.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
