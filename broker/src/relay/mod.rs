@@ -201,16 +201,41 @@ struct Locked {
 /// A confirm still to come: the row's id and the broker's answer.
 type Confirming = BoxFuture<'static, (i64, Result<Confirmation, lapin::Error>)>;
 
+/// How long a decided row may wait to be marked, so that marks (each a
+/// commit with its WAL flush) come in batches rather than one per confirm;
+/// marking is off the publish path, so no event waits for it.
+const MARK_EVERY: Duration = Duration::from_millis(20);
+
+/// Decided rows that are marked at once, without waiting for [`MARK_EVERY`].
+const MARK_AT_ONCE: usize = 1000;
+
 /// Rows whose fate the broker decided, to be written down.
 #[derive(Debug, Default)]
 struct Marks {
     published: Vec<i64>,
     failed: Vec<i64>,
+    /// When the first of them was decided.
+    since: Option<Instant>,
 }
 
 impl Marks {
-    fn is_empty(&self) -> bool {
-        self.published.is_empty() && self.failed.is_empty()
+    fn add(&mut self, id: i64, published: bool) {
+        self.since.get_or_insert_with(Instant::now);
+        if published {
+            self.published.push(id);
+        } else {
+            self.failed.push(id);
+        }
+    }
+
+    /// When these should be marked; `None` if there are none.
+    fn due(&self) -> Option<Instant> {
+        let since = self.since?;
+        if self.published.len() + self.failed.len() >= MARK_AT_ONCE {
+            Some(since)
+        } else {
+            Some(since + MARK_EVERY)
+        }
     }
 
     fn ids(&self) -> impl Iterator<Item = i64> + '_ {
@@ -344,10 +369,11 @@ impl Relay {
                 self.housekeeping(&mut conn).await?;
                 last_housekeeping = Some(Instant::now());
             }
-            leader.start_marking();
+            leader.start_marking(false);
 
             let next_retry = leader.retries.iter().map(|(at, _)| *at).min();
             let more = dirty && leader.window.room() > 0;
+            let mark_due = leader.idle.as_ref().and(leader.marks.due());
             let woken = async {
                 match self.outbox.as_ref() {
                     Some(outbox) => outbox.woken().await,
@@ -367,6 +393,7 @@ impl Relay {
                 }
                 marked = marking(&mut leader.marking) => leader.marked(marked, config)?,
                 _ = sleep_until(next_retry) => self.republish(&channel, &mut leader).await?,
+                _ = sleep_until(mark_due) => {}
                 _ = std::future::ready(()), if more => {}
                 _ = woken => dirty = true,
                 notified = notified(notifications), if config.listen => {
@@ -471,7 +498,7 @@ impl Relay {
                     .confirm_seconds
                     .record(flight.published_at.elapsed().as_secs_f64());
                 self.metrics.published.increment(1);
-                leader.marks.published.push(id);
+                leader.marks.add(id, true);
             }
             Confirmation::Ack(Some(returned)) => {
                 tracing::warn!(
@@ -481,7 +508,7 @@ impl Relay {
                     "event returned unroutable: no queue is bound for it yet; it will be retried"
                 );
                 self.metrics.failed.increment(1);
-                leader.marks.failed.push(id);
+                leader.marks.add(id, false);
             }
             // A nack is most often a quorum queue electing a new leader (a
             // node was lost): it takes milliseconds, so publish again soon,
@@ -497,14 +524,14 @@ impl Relay {
                     None => {
                         tracing::warn!(event_id = %row.event_id, "broker refused the event; it will be retried");
                         self.metrics.failed.increment(1);
-                        leader.marks.failed.push(id);
+                        leader.marks.add(id, false);
                     }
                 }
             }
             Confirmation::NotRequested => {
                 tracing::error!("publisher confirms are off; not marking");
                 self.metrics.failed.increment(1);
-                leader.marks.failed.push(id);
+                leader.marks.add(id, false);
             }
         }
         Ok(())
@@ -541,7 +568,7 @@ impl Relay {
             let marked = marking.await;
             leader.marked(marked, &self.config)?;
         }
-        leader.start_marking();
+        leader.start_marking(true);
         if let Some(marking) = leader.marking.take() {
             let marked = marking.await;
             leader.marked(marked, &self.config)?;
@@ -591,11 +618,14 @@ impl Relay {
 }
 
 impl Leader {
-    /// Starts writing down the decided rows, unless a marking is under way
-    /// (the next one then takes everything decided meanwhile).
-    fn start_marking(&mut self) {
-        if self.marks.is_empty() {
-            return;
+    /// Starts writing down the decided rows once they are due (or `now`),
+    /// unless a marking is under way (the next one then takes everything
+    /// decided meanwhile).
+    fn start_marking(&mut self, now: bool) {
+        match self.marks.due() {
+            None => return,
+            Some(due) if !now && due > Instant::now() => return,
+            Some(_) => {}
         }
         let Some(mut conn) = self.idle.take() else {
             return;
