@@ -182,6 +182,34 @@ impl Probe {
             .unwrap();
     }
 
+    /// A queue of the test's own (gone with `channel`'s connection) with
+    /// `args`, bound to `customer.registered`; its name.
+    async fn bound_queue(&self, channel: &lapin::Channel, name: &str, args: FieldTable) -> String {
+        topology::declare_exchange(channel, &self.env.prefix, "customer")
+            .await
+            .unwrap();
+        let queue = format!("{}.{name}", self.env.prefix);
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), exclusive, args)
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                topology::exchange(&self.env.prefix, "customer").into(),
+                "customer.registered".into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        queue
+    }
+
     async fn dead_letters(&self) -> u32 {
         let channel = self.amqp.channel().await.unwrap();
         channel
@@ -543,39 +571,14 @@ async fn a_commit_where_the_relay_stands_by_wakes_the_leader_elsewhere() {
 async fn a_nacked_event_is_published_again_within_milliseconds() {
     let probe = Probe::new().await;
     let channel = probe.amqp.channel().await.unwrap();
-    topology::declare_exchange(&channel, &probe.env.prefix, "customer")
-        .await
-        .unwrap();
     // A queue of one message that refuses more, bound to the event, full.
-    let queue = format!("{}.tight", probe.env.prefix);
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
     args.insert(
         "x-overflow".into(),
         lapin::types::AMQPValue::LongString("reject-publish".into()),
     );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            // Gone with the test's connection.
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            topology::exchange(&probe.env.prefix, "customer").into(),
-            "customer.registered".into(),
-            lapin::options::QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = probe.bound_queue(&channel, "tight", args).await;
     probe.publish_raw("filler", b"").await;
 
     probe.start_relay().await;
@@ -623,32 +626,9 @@ async fn a_small_window_publishes_every_row_once_and_in_order() {
 
     let probe = Probe::new().await;
     let channel = probe.amqp.channel().await.unwrap();
-    topology::declare_exchange(&channel, &probe.env.prefix, "customer")
-        .await
-        .unwrap();
-    let queue = format!("{}.window", probe.env.prefix);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            // Gone with the test's connection.
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            topology::exchange(&probe.env.prefix, "customer").into(),
-            "customer.registered".into(),
-            lapin::options::QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = probe
+        .bound_queue(&channel, "window", FieldTable::default())
+        .await;
     let mut deliveries = channel
         .basic_consume(
             queue.as_str().into(),

@@ -50,29 +50,29 @@ pub fn consumer(outbox: Outbox) -> Consumer {
             Box::pin(move_points(conn, outbox.clone(), moves))
         })
         .on_batch::<OrderRejected, _>(move |conn, run| {
-            let moves = run
-                .into_iter()
-                .map(|Received { event, trace, .. }| Move {
-                    points: PointsEvent::Reverse,
-                    order_id: event.order_id,
-                    customer_id: event.customer_id,
-                    trace,
-                })
-                .collect();
+            let moves = reversals(run, |event| (event.order_id, event.customer_id));
             Box::pin(move_points(conn, on_rejected.clone(), moves))
         })
         .on_batch::<OrderCancelled, _>(move |conn, run| {
-            let moves = run
-                .into_iter()
-                .map(|Received { event, trace, .. }| Move {
-                    points: PointsEvent::Reverse,
-                    order_id: event.order_id,
-                    customer_id: event.customer_id,
-                    trace,
-                })
-                .collect();
+            let moves = reversals(run, |event| (event.order_id, event.customer_id));
             Box::pin(move_points(conn, on_cancelled.clone(), moves))
         })
+}
+
+/// The moves taking back the credit of a run of rejected or cancelled
+/// orders; `ids` gives each event's (order, customer).
+fn reversals<E>(run: Vec<Received<E>>, ids: impl Fn(E) -> (String, String)) -> Vec<Move> {
+    run.into_iter()
+        .map(|Received { event, trace, .. }| {
+            let (order_id, customer_id) = ids(event);
+            Move {
+                points: PointsEvent::Reverse,
+                order_id,
+                customer_id,
+                trace,
+            }
+        })
+        .collect()
 }
 
 /// One event's move of an order's points, as received.
