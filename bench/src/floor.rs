@@ -11,8 +11,7 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use hdrhistogram::Histogram;
 use lapin::{
     BasicProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeleteOptions},
-    types::FieldTable,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
 };
 use testkit::stack::Stack;
 
@@ -78,16 +77,7 @@ async fn publish_p50(stack: &Stack, samples: usize) -> anyhow::Result<f64> {
     broker::topology::declare_exchange(&channel, &stack.prefix, "order").await?;
     let exchange = broker::topology::exchange(&stack.prefix, "order");
     let queue = format!("{}.bench.floor", stack.prefix);
-    setup::quorum_queue(&channel, &queue).await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    setup::bound_quorum_queue(&channel, &queue, &exchange).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -9,10 +9,7 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures_util::future::join_all;
 use lapin::{
     BasicProperties,
-    options::{
-        BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeleteOptions,
-        QueuePurgeOptions,
-    },
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions},
     types::{AMQPValue, FieldTable},
 };
 use testkit::stack::Stack;
@@ -41,16 +38,7 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
     let exchange = broker::topology::exchange(&stack.prefix, "order");
     let queue = format!("{}.bench.p2", stack.prefix);
     let channel = stack.amqp.channel().await?;
-    setup::quorum_queue(&channel, &queue).await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    setup::bound_quorum_queue(&channel, &queue, &exchange).await?;
 
     println!("\nP2 relay drain of a {rows}-row outbox backlog");
     let mut conn = setup::admin(&stack).await?;

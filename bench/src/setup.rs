@@ -150,3 +150,22 @@ pub async fn quorum_queue(channel: &lapin::Channel, name: &str) -> anyhow::Resul
     channel.queue_declare(name.into(), options, args).await?;
     Ok(())
 }
+
+/// A quorum queue `name` that takes every event of `exchange`.
+pub async fn bound_quorum_queue(
+    channel: &lapin::Channel,
+    name: &str,
+    exchange: &str,
+) -> anyhow::Result<()> {
+    quorum_queue(channel, name).await?;
+    channel
+        .queue_bind(
+            name.into(),
+            exchange.into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
