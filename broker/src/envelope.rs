@@ -52,6 +52,11 @@ impl TraceContext {
     }
 
     /// Parses a `traceparent` header (version `00`); `None` if malformed.
+    ///
+    /// By hand rather than through OpenTelemetry's `TraceContextPropagator`:
+    /// that one reads the IDs with `from_str_radix`, so it takes short ones
+    /// (`00-abc-def-01`) that W3C Trace Context refuses, and it would make the
+    /// SDK a dependency of every process that only forwards the header.
     pub fn parse(traceparent: &str) -> Option<Self> {
         let mut parts = traceparent.trim().split('-');
         let (version, trace_id, span_id, flags) =

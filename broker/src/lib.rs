@@ -23,6 +23,8 @@
 //! * [`envelope`]: AMQP properties, CloudEvents headers and [`TraceContext`].
 //! * [`amqp`]: [`Amqp`], the one connection a process shares, reopened after loss.
 //! * [`pg`]: connections pinned to a schema, the outbox/inbox migrations.
+//! * [`supervise`]: the one backoff and restart loop of every long-lived task.
+//! * [`dlq`]: browsing, replaying and dropping dead-lettered messages.
 //!
 //! Delivery is at least once by construction; effects are exactly once because
 //! the inbox row and the handler's writes commit together.
@@ -38,6 +40,7 @@ pub mod outbox;
 pub mod pg;
 pub mod relay;
 mod schema;
+pub mod supervise;
 pub mod topology;
 
 pub use amqp::Amqp;
@@ -46,28 +49,3 @@ pub use envelope::TraceContext;
 pub use error::BrokerError;
 pub use outbox::Outbox;
 pub use relay::{Relay, RelayConfig};
-
-/// Delay before retry number `attempt` (0-based): 100 ms doubling up to `max`,
-/// with jitter so that many waiting clients do not retry in step.
-pub(crate) fn backoff_delay(attempt: u32, max: std::time::Duration) -> std::time::Duration {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(attempt as usize)
-        .unwrap_or(max)
-}
-
-/// Sleeps for `delay` unless `shutdown` fires first; returns false on shutdown.
-pub(crate) async fn sleep_or_shutdown(
-    delay: std::time::Duration,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = shutdown.cancelled() => false,
-    }
-}

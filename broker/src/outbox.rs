@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{TraceContext, backoff_delay, envelope, pg, schema::outbox, sleep_or_shutdown};
+use crate::{TraceContext, envelope, pg, schema::outbox, supervise::Restarts};
 
 /// The NOTIFY channel a schema's relay listens on.
 pub fn notify_channel(schema: &str) -> String {
@@ -211,11 +211,15 @@ impl Outbox {
         shutdown: CancellationToken,
     ) {
         let Some(wake) = self.wake else { return };
-        let mut attempt = 0;
+        let mut restarts = Restarts::new(
+            "outbox notifier lost its connection",
+            Duration::from_secs(10),
+        );
         loop {
-            let failure = async {
+            let up = restarts.attempt();
+            let notifying = async {
                 let mut conn = pg::connect(&database_url, &schema).await?;
-                attempt = 0;
+                up.mark();
                 loop {
                     tokio::select! {
                         _ = wake.remote.notified() => {}
@@ -230,13 +234,10 @@ impl Outbox {
                         .await?;
                 }
             };
-            match failure.await {
+            match notifying.await {
                 Ok(()) => return,
                 Err(error) => {
-                    let delay = backoff_delay(attempt, Duration::from_secs(10));
-                    attempt += 1;
-                    tracing::warn!(%error, retry_in = ?delay, "outbox notifier lost its connection");
-                    if !sleep_or_shutdown(delay, &shutdown).await {
+                    if !restarts.wait(error, &shutdown).await {
                         return;
                     }
                 }

@@ -98,13 +98,11 @@ impl Probe {
 
     /// Starts a relay; cancel the returned token to stop it.
     async fn start_relay(&self) -> CancellationToken {
-        self.start_relay_with(RelayConfig::new(
-            "customer",
-            &self.env.prefix,
-            &self.url,
-            SCHEMA,
-        ))
-        .await
+        self.start_relay_with(self.relay_config()).await
+    }
+
+    fn relay_config(&self) -> RelayConfig {
+        RelayConfig::new("customer", &self.env.prefix, &self.url, SCHEMA)
     }
 
     async fn start_relay_with(&self, config: RelayConfig) -> CancellationToken {
@@ -183,8 +181,14 @@ impl Probe {
     }
 
     /// A queue of the test's own (gone with `channel`'s connection) with
-    /// `args`, bound to `customer.registered`; its name.
-    async fn bound_queue(&self, channel: &lapin::Channel, name: &str, args: FieldTable) -> String {
+    /// `args`, bound to `routing_key`; its name.
+    async fn bound_queue(
+        &self,
+        channel: &lapin::Channel,
+        name: &str,
+        routing_key: &str,
+        args: FieldTable,
+    ) -> String {
         topology::declare_exchange(channel, &self.env.prefix, "customer")
             .await
             .unwrap();
@@ -201,7 +205,7 @@ impl Probe {
             .queue_bind(
                 queue.as_str().into(),
                 topology::exchange(&self.env.prefix, "customer").into(),
-                "customer.registered".into(),
+                routing_key.into(),
                 lapin::options::QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -288,27 +292,29 @@ async fn outbox_row_committed_late_with_smaller_id_is_still_published() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn relay_stopped_between_publish_and_mark_republishes_and_the_duplicate_is_absorbed() {
+async fn relay_killed_between_confirm_and_mark_republishes_and_the_duplicate_is_absorbed() {
     let probe = Probe::new().await;
     probe.start_consumer().await;
-    let relay = probe.start_relay().await;
+    // Marks held back for a minute: whatever the broker confirms stays
+    // unmarked while this relay lives.
+    let mut slow_marks = probe.relay_config();
+    slow_marks.mark_every = Duration::from_secs(60);
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let relay = Relay::new(slow_marks, probe.amqp.clone()).woken_by(probe.outbox.clone());
+    let relay = tokio::spawn(relay.run(probe.shutdown.child_token(), ready));
+    is_ready.await.unwrap();
     let mut conn = probe.conn().await;
     probe.enqueue(&mut conn, "once").await;
     probe.wait_applied("once").await;
-    eventually("the row to be marked", WAIT, || async {
-        (probe.unpublished().await == 0).then_some(())
-    })
-    .await;
+    assert_eq!(probe.unpublished().await, 1, "confirmed but not yet marked");
 
-    // The relay dies after the broker confirmed but before the mark
-    // committed: the row is published yet still unmarked.
-    relay.cancel();
-    conn.batch_execute("UPDATE outbox SET published_at = NULL")
-        .await
-        .unwrap();
+    // Killed mid-round: no shutdown, no settling, the mark never written.
+    relay.abort();
+    assert!(relay.await.unwrap_err().is_cancelled());
+    assert_eq!(probe.unpublished().await, 1);
 
     probe.start_relay().await;
-    eventually("the row to be published again", WAIT, || async {
+    eventually("the row to be published again and marked", WAIT, || async {
         (probe.unpublished().await == 0).then_some(())
     })
     .await;
@@ -448,6 +454,25 @@ async fn an_event_no_queue_wants_is_retried_without_holding_up_the_rest() {
     })
     .await;
     assert!(attempts >= 1);
+
+    // Once a queue wants it, the next retry publishes it, exactly once.
+    let channel = probe.amqp.channel().await.unwrap();
+    let queue = probe
+        .bound_queue(
+            &channel,
+            "points",
+            "customer.points_changed",
+            FieldTable::default(),
+        )
+        .await;
+    eventually(
+        "the once unroutable event to be published",
+        WAIT,
+        || async { (probe.unpublished().await == 0).then_some(()) },
+    )
+    .await;
+    let (ready, _) = topology::queue_depth(&channel, &queue).await.unwrap();
+    assert_eq!(ready, 1, "published once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -578,7 +603,9 @@ async fn a_nacked_event_is_published_again_within_milliseconds() {
         "x-overflow".into(),
         lapin::types::AMQPValue::LongString("reject-publish".into()),
     );
-    let queue = probe.bound_queue(&channel, "tight", args).await;
+    let queue = probe
+        .bound_queue(&channel, "tight", "customer.registered", args)
+        .await;
     probe.publish_raw("filler", b"").await;
 
     probe.start_relay().await;
@@ -627,7 +654,12 @@ async fn a_small_window_publishes_every_row_once_and_in_order() {
     let probe = Probe::new().await;
     let channel = probe.amqp.channel().await.unwrap();
     let queue = probe
-        .bound_queue(&channel, "window", FieldTable::default())
+        .bound_queue(
+            &channel,
+            "window",
+            "customer.registered",
+            FieldTable::default(),
+        )
         .await;
     let mut deliveries = channel
         .basic_consume(

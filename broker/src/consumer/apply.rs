@@ -19,11 +19,11 @@ use uuid::Uuid;
 
 use super::{Event, HandlerError, Meta, Route};
 use crate::{
-    BrokerError, TraceContext, backoff_delay,
+    BrokerError, TraceContext,
     envelope::{TRACEPARENT, header_str},
     pg::{self, PgPool},
     schema::inbox,
-    sleep_or_shutdown,
+    supervise::Restarts,
 };
 
 /// Routes deliveries to handlers by routing key and applies them.
@@ -115,15 +115,14 @@ impl Applier {
         work: &[Work],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
-        let mut attempt = 0;
+        let mut restarts =
+            Restarts::new("database unavailable; batch waits", Duration::from_secs(5));
         loop {
+            restarts.attempt();
             match self.apply(work).await {
                 Ok(outcomes) => return Some(outcomes),
                 Err(error) => {
-                    let delay = backoff_delay(attempt, Duration::from_secs(5));
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(%error, retry_in = ?delay, "database unavailable; batch waits");
-                    if !sleep_or_shutdown(delay, shutdown).await {
+                    if !restarts.wait(error, shutdown).await {
                         return None;
                     }
                 }

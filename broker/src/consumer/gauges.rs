@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Amqp, BrokerError, metrics::QueueGauges, sleep_or_shutdown, topology};
+use crate::{Amqp, BrokerError, metrics::QueueGauges, supervise::sleep_or_shutdown, topology};
 
 /// How often the broker is asked.
 const EVERY: Duration = Duration::from_secs(5);

@@ -25,8 +25,11 @@ use super::{
     apply::{Applier, Outcome, Work},
 };
 use crate::{
-    Amqp, BrokerError, backoff_delay, envelope::delivery_count, metrics::ConsumerMetrics,
-    sleep_or_shutdown, topology,
+    Amqp, BrokerError,
+    envelope::delivery_count,
+    metrics::ConsumerMetrics,
+    supervise::{Restarts, Up, backoff_delay, sleep_or_shutdown},
+    topology,
 };
 
 /// Consumes one `<prefix>.<consumer>.<source>` queue.
@@ -48,18 +51,17 @@ pub(super) struct QueueWorker {
 impl QueueWorker {
     pub(super) async fn run(self, shutdown: CancellationToken, ready: oneshot::Sender<()>) {
         let mut ready = Some(ready);
-        let mut attempt = 0;
-        loop {
-            match self.consume(&shutdown, &mut ready, &mut attempt).await {
-                Ok(()) => return,
-                Err(error) => {
-                    let delay = backoff_delay(attempt, Duration::from_secs(10));
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(%error, retry_in = ?delay, consumer = %self.consumer, source = self.source, "consumer lost its queue; reconnecting");
-                    if !sleep_or_shutdown(delay, &shutdown).await {
-                        return;
-                    }
-                }
+        let what = format!(
+            "consumer {} lost its queue of {} events; reconnecting",
+            self.consumer, self.source
+        );
+        let mut restarts = Restarts::new(what, Duration::from_secs(10));
+        while let Err(error) = self
+            .consume(&shutdown, &mut ready, restarts.attempt())
+            .await
+        {
+            if !restarts.wait(error, &shutdown).await {
+                return;
             }
         }
     }
@@ -68,7 +70,7 @@ impl QueueWorker {
         &self,
         shutdown: &CancellationToken,
         ready: &mut Option<oneshot::Sender<()>>,
-        attempt: &mut u32,
+        up: Up,
     ) -> Result<(), BrokerError> {
         let config = &self.config;
         let mut channel = self.amqp.channel().await?;
@@ -117,7 +119,7 @@ impl QueueWorker {
                 FieldTable::default(),
             )
             .await?;
-        *attempt = 0;
+        up.mark();
         // Deliveries held by an earlier channel went back with it.
         self.metrics.unacked.set(0.0);
         if let Some(ready) = ready.take() {

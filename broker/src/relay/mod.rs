@@ -60,8 +60,13 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    Amqp, BrokerError, Outbox, backoff_delay, envelope, metrics::RelayMetrics,
-    outbox::notify_channel, pg, schema::inbox, schema::outbox, sleep_or_shutdown, topology,
+    Amqp, BrokerError, Outbox, envelope,
+    metrics::RelayMetrics,
+    outbox::notify_channel,
+    pg,
+    schema::{inbox, outbox},
+    supervise::{Restarts, Up, sleep_or_shutdown},
+    topology,
 };
 use window::Window;
 
@@ -80,6 +85,10 @@ pub struct RelayConfig {
     pub batch_size: i64,
     /// Most rows published and not yet confirmed and marked.
     pub window: usize,
+    /// Longest a confirmed row waits to be marked published, so that marks
+    /// (each a commit with its WAL flush) come in batches rather than one per
+    /// confirm; marking is off the publish path, so no event waits for it.
+    pub mark_every: Duration,
     /// Longest wait between reads when nothing wakes the relay.
     pub poll_interval: Duration,
     /// Whether to LISTEN for writers' NOTIFY (otherwise poll only).
@@ -106,6 +115,7 @@ impl RelayConfig {
             schema: schema.to_owned(),
             batch_size: 500,
             window: 4096,
+            mark_every: Duration::from_millis(20),
             poll_interval: Duration::from_secs(1),
             listen: true,
             standby_poll: Duration::from_secs(1),
@@ -201,12 +211,8 @@ struct Locked {
 /// A confirm still to come: the row's id and the broker's answer.
 type Confirming = BoxFuture<'static, (i64, Result<Confirmation, lapin::Error>)>;
 
-/// How long a decided row may wait to be marked, so that marks (each a
-/// commit with its WAL flush) come in batches rather than one per confirm;
-/// marking is off the publish path, so no event waits for it.
-const MARK_EVERY: Duration = Duration::from_millis(20);
-
-/// Decided rows that are marked at once, without waiting for [`MARK_EVERY`].
+/// Decided rows that are marked at once, without waiting for
+/// [`RelayConfig::mark_every`].
 const MARK_AT_ONCE: usize = 1000;
 
 /// Rows whose fate the broker decided, to be written down.
@@ -229,12 +235,12 @@ impl Marks {
     }
 
     /// When these should be marked; `None` if there are none.
-    fn due(&self) -> Option<Instant> {
+    fn due(&self, mark_every: Duration) -> Option<Instant> {
         let since = self.since?;
         if self.published.len() + self.failed.len() >= MARK_AT_ONCE {
             Some(since)
         } else {
-            Some(since + MARK_EVERY)
+            Some(since + mark_every)
         }
     }
 
@@ -255,6 +261,8 @@ struct Leader {
     retries: Vec<(Instant, i64)>,
     /// Decided rows not yet being marked.
     marks: Marks,
+    /// [`RelayConfig::mark_every`].
+    mark_every: Duration,
     /// The marking connection, when no marking is under way.
     idle: Option<AsyncPgConnection>,
     marking: Option<Marking>,
@@ -286,18 +294,11 @@ impl Relay {
     /// after a backoff.
     pub async fn run(self, shutdown: CancellationToken, ready: oneshot::Sender<()>) {
         let mut ready = Some(ready);
-        let mut attempt = 0;
-        loop {
-            match self.lead(&shutdown, &mut ready, &mut attempt).await {
-                Ok(()) => return,
-                Err(error) => {
-                    let delay = backoff_delay(attempt, Duration::from_secs(10));
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(%error, retry_in = ?delay, source = %self.config.source, "outbox relay failed");
-                    if !sleep_or_shutdown(delay, &shutdown).await {
-                        return;
-                    }
-                }
+        let what = format!("outbox relay of {} failed", self.config.source);
+        let mut restarts = Restarts::new(what, Duration::from_secs(10));
+        while let Err(error) = self.lead(&shutdown, &mut ready, restarts.attempt()).await {
+            if !restarts.wait(error, &shutdown).await {
+                return;
             }
         }
     }
@@ -306,7 +307,7 @@ impl Relay {
         &self,
         shutdown: &CancellationToken,
         ready: &mut Option<oneshot::Sender<()>>,
-        attempt: &mut u32,
+        up: Up,
     ) -> Result<(), BrokerError> {
         let config = &self.config;
         let channel = self.amqp.channel().await?;
@@ -339,11 +340,12 @@ impl Relay {
             confirms: FuturesUnordered::new(),
             retries: Vec::new(),
             marks: Marks::default(),
+            mark_every: config.mark_every,
             idle: Some(pg::connect(&config.database_url, &config.schema).await?),
             marking: None,
             vacuum: Vacuum::default(),
         };
-        *attempt = 0;
+        up.mark();
 
         let mut last_housekeeping: Option<Instant> = None;
         let mut last_backlog: Option<Instant> = None;
@@ -373,7 +375,10 @@ impl Relay {
 
             let next_retry = leader.retries.iter().map(|(at, _)| *at).min();
             let more = dirty && leader.window.room() > 0;
-            let mark_due = leader.idle.as_ref().and(leader.marks.due());
+            let mark_due = leader
+                .idle
+                .as_ref()
+                .and(leader.marks.due(leader.mark_every));
             let woken = async {
                 match self.outbox.as_ref() {
                     Some(outbox) => outbox.woken().await,
@@ -622,7 +627,7 @@ impl Leader {
     /// unless a marking is under way (the next one then takes everything
     /// decided meanwhile).
     fn start_marking(&mut self, now: bool) {
-        match self.marks.due() {
+        match self.marks.due(self.mark_every) {
             None => return,
             Some(due) if !now && due > Instant::now() => return,
             Some(_) => {}
