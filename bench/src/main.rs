@@ -3,7 +3,7 @@
 //!
 //! * [`floor`]: the hop floor, one commit plus one confirmed publish.
 //! * [`throughput`]: P1 `PlaceOrder` over gRPC vs the same rows written by
-//!   the fastest raw client, itself anchored by [`pgbench`].
+//!   the fastest raw client ([`raw`]), itself anchored by [`pgbench`].
 //! * [`relay`]: P2 relay drain of an outbox backlog vs raw publishing.
 //! * [`consumer`]: P4 consumer apply rate vs raw consume and ack.
 //! * [`capacity`]: P7 the whole system's highest steady rate vs the ceiling
@@ -11,6 +11,9 @@
 //! * [`latency`]: P3 commit → points applied; P5 commit → APPROVED seen by
 //!   `WatchOrder`, at half of P7 and at 100 orders/s, in hop floors.
 //! * [`resources`]: P6 memory and start-up time.
+//! * [`setup`]: the stack of services, the world (customers, products) and
+//!   the seeded order generator every part shares.
+//! * [`targets`]: the targets, met / not met, and the README table.
 //!
 //! The services run as the release binaries, as processes, through
 //! `testkit::stack`. Results print as they are measured, then every target
@@ -26,6 +29,7 @@ mod consumer;
 mod floor;
 mod latency;
 mod pgbench;
+mod raw;
 mod relay;
 mod resources;
 mod setup;

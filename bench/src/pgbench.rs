@@ -12,7 +12,7 @@ use std::{
 
 use dbps::order::v1::{LineItem, PlaceOrderRequest};
 
-use crate::{setup::World, throughput::RawOrder};
+use crate::{raw::RawOrder, setup::World};
 
 /// A UUID for this transaction: `now()` in microseconds (the same within the
 /// transaction, rising like a version 7 UUID) and a random half from the

@@ -92,7 +92,7 @@ pub async fn status(args: &OutboxArgs, out: &mut impl Write) -> anyhow::Result<(
 }
 
 async fn backlog(url: &str, schema: &str) -> anyhow::Result<Backlog> {
-    let mut conn = broker::pg::connect(url, schema)
+    let mut conn = platform::db::connect(url, schema)
         .await
         .context("cannot connect")?;
     let backlog = diesel::sql_query(QUERY)

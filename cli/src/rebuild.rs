@@ -27,7 +27,7 @@ pub async fn run(
     let prefix = &amqp_args.amqp_prefix;
     // Check both ends before anything is emptied: the service's own start-up
     // would wait a minute for a database that is not there.
-    tokio::time::timeout(CONNECT_TIMEOUT, broker::pg::connect(url, SERVICE.schema))
+    tokio::time::timeout(CONNECT_TIMEOUT, platform::db::connect(url, SERVICE.schema))
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
         .and_then(|connected| connected.map_err(anyhow::Error::from))

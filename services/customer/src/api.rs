@@ -1,17 +1,14 @@
 //! `customer.v1.CustomerService`: validates at the edge, then one
 //! transaction per write.
 
-use broker::{Outbox, TraceContext, pg::PgPool};
 use chrono::Utc;
 use dbps::customer::v1::{
-    Customer, CustomerRegistered, GetCustomerRequest, ListCustomersRequest, ListCustomersResponse,
+    Customer, GetCustomerRequest, ListCustomersRequest, ListCustomersResponse,
     RegisterCustomerRequest, customer_service_server::CustomerService,
 };
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::AsyncConnection;
 use platform::{
-    ApiError, Violations,
-    api::{Page, parse_id, timestamp, trace_context},
+    ApiError, ApiResult, Db, Page, Violations, fields::parse_id, respond, telemetry::trace_context,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -19,27 +16,33 @@ use uuid::Uuid;
 use crate::{
     db::customers::{self, Customer as Row},
     domain::{CustomerName, Email},
+    wire,
 };
 
 /// The gRPC API of the customer service.
 #[derive(Clone)]
 pub struct CustomerApi {
-    pool: PgPool,
-    outbox: Outbox,
+    db: Db,
 }
 
 impl CustomerApi {
-    /// An API over the service's pool and outbox.
-    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
-        CustomerApi { pool, outbox }
+    /// An API over the service's database.
+    pub fn new(db: Db) -> Self {
+        CustomerApi { db }
     }
 
-    async fn register(
+    async fn register_customer(
         &self,
-        name: CustomerName,
-        email: Email,
-        trace: &TraceContext,
-    ) -> Result<Row, ApiError> {
+        request: Request<RegisterCustomerRequest>,
+    ) -> ApiResult<Customer> {
+        let trace = trace_context(&request);
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let name = violations.check("name", CustomerName::parse(&request.name));
+        let email = violations.check("email", Email::parse(&request.email));
+        let (Some(name), Some(email)) = (name, email) else {
+            return Err(violations.into());
+        };
         let row = Row {
             customer_id: Uuid::now_v7(),
             name: name.as_str().to_owned(),
@@ -47,31 +50,62 @@ impl CustomerApi {
             loyalty_points: 0,
             created_at: Utc::now(),
         };
-        let mut conn = self.pool.get().await?;
-        let outbox = &self.outbox;
-        let result = conn
-            .transaction::<_, DieselError, _>(async |conn| {
-                let row = customers::insert(conn, &row).await?;
-                let event = CustomerRegistered {
-                    customer_id: row.customer_id.to_string(),
-                    name: row.name.clone(),
-                    email: row.email.clone(),
-                    registered_at: Some(timestamp(row.created_at)),
-                };
-                outbox.enqueue(conn, &event, trace).await?;
+        let row = self
+            .db
+            .transaction::<_, ApiError>(async |conn| {
+                let row = customers::insert(conn, &row)
+                    .await
+                    .map_err(|error| match error {
+                        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                            ApiError::AlreadyExists(format!(
+                                "a customer with email {} exists",
+                                email.as_str()
+                            ))
+                        }
+                        error => error.into(),
+                    })?;
+                let event = wire::registered(&row);
+                self.db.outbox().enqueue(conn, &event, &trace).await?;
                 Ok(row)
             })
-            .await;
-        match result {
-            Ok(row) => {
-                self.outbox.committed();
-                Ok(row)
-            }
-            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Err(
-                ApiError::AlreadyExists(format!("a customer with email {} exists", email.as_str())),
-            ),
-            Err(error) => Err(error.into()),
-        }
+            .await?;
+        tracing::Span::current().record("customer_id", tracing::field::display(row.customer_id));
+        tracing::info!("customer registered");
+        Ok(wire::customer(row))
+    }
+
+    async fn get_customer(&self, request: Request<GetCustomerRequest>) -> ApiResult<Customer> {
+        let customer_id = parse_id(&request.get_ref().customer_id)
+            .map_err(|error| ApiError::invalid("customer_id", error))?;
+        let mut conn = self.db.conn().await?;
+        let row = customers::find(&mut conn, customer_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
+        Ok(wire::customer(row))
+    }
+
+    async fn list_customers(
+        &self,
+        request: Request<ListCustomersRequest>,
+    ) -> ApiResult<ListCustomersResponse> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse_with(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            parse_id,
+        );
+        let Some(page) = page.filter(|_| violations.is_empty()) else {
+            return Err(violations.into());
+        };
+        let mut conn = self.db.conn().await?;
+        let mut rows = customers::page(&mut conn, page.after, page.fetch()).await?;
+        let next_page_token = page.finish(&mut rows, |row| row.customer_id.to_string());
+        Ok(ListCustomersResponse {
+            customers: rows.into_iter().map(wire::customer).collect(),
+            next_page_token,
+        })
     }
 }
 
@@ -82,18 +116,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<RegisterCustomerRequest>,
     ) -> Result<Response<Customer>, Status> {
-        let trace = trace_context(&request);
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let name = violations.check("name", CustomerName::parse(&request.name));
-        let email = violations.check("email", Email::parse(&request.email));
-        let (Some(name), Some(email)) = (name, email) else {
-            return Err(ApiError::from(violations).into());
-        };
-        let row = self.register(name, email, &trace).await?;
-        tracing::Span::current().record("customer_id", tracing::field::display(row.customer_id));
-        tracing::info!("customer registered");
-        Ok(Response::new(to_proto(row)))
+        respond(CustomerApi::register_customer(self, request).await)
     }
 
     #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
@@ -101,48 +124,13 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<GetCustomerRequest>,
     ) -> Result<Response<Customer>, Status> {
-        let customer_id = parse_id(&request.get_ref().customer_id)
-            .map_err(|error| ApiError::invalid("customer_id", error))?;
-        let mut conn = self.pool.get().await.map_err(ApiError::from)?;
-        let row = customers::find(&mut conn, customer_id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
-        Ok(Response::new(to_proto(row)))
+        respond(CustomerApi::get_customer(self, request).await)
     }
 
     async fn list_customers(
         &self,
         request: Request<ListCustomersRequest>,
     ) -> Result<Response<ListCustomersResponse>, Status> {
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let page = Page::parse(&mut violations, request.page_size, &request.page_token);
-        let after = page
-            .as_ref()
-            .and_then(|page| page.after.as_deref())
-            .and_then(|key| violations.check("page_token", parse_id(key)));
-        let Some(page) = page.filter(|_| violations.is_empty()) else {
-            return Err(ApiError::from(violations).into());
-        };
-        let mut conn = self.pool.get().await.map_err(ApiError::from)?;
-        let mut rows = customers::page(&mut conn, after, page.size + 1)
-            .await
-            .map_err(ApiError::from)?;
-        let next_page_token = page.finish(&mut rows, |row| row.customer_id.to_string());
-        Ok(Response::new(ListCustomersResponse {
-            customers: rows.into_iter().map(to_proto).collect(),
-            next_page_token,
-        }))
-    }
-}
-
-fn to_proto(row: Row) -> Customer {
-    Customer {
-        customer_id: row.customer_id.to_string(),
-        name: row.name,
-        email: row.email,
-        loyalty_points: row.loyalty_points,
-        created_at: Some(timestamp(row.created_at)),
+        respond(CustomerApi::list_customers(self, request).await)
     }
 }

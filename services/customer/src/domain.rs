@@ -1,6 +1,6 @@
 //! Values the customer service accepts, and its one business rule.
 
-use platform::api::parse_text;
+use platform::fields::parse_text;
 
 /// A customer's display name: 1 to 200 printable characters, trimmed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl Email {
         if trimmed.is_empty() {
             return Err("must not be empty".into());
         }
-        if trimmed.chars().any(platform::api::is_unprintable) {
+        if trimmed.chars().any(platform::fields::is_unprintable) {
             return Err("must not contain control or invisible formatting characters".into());
         }
         if trimmed.len() > Self::MAX_LEN {

@@ -16,13 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use broker::{Consumer, HandlerError, Outbox, Received, TraceContext};
 use chrono::Utc;
-use dbps::{
-    customer::v1::LoyaltyPointsChanged,
-    order::v1::{OrderCancelled, OrderCreated, OrderRejected},
-};
+use dbps::order::v1::{OrderCancelled, OrderCreated, OrderRejected};
 use diesel_async::AsyncPgConnection;
 use futures_util::try_join;
-use platform::api::timestamp;
 use uuid::Uuid;
 
 use crate::{
@@ -31,6 +27,7 @@ use crate::{
         ledger,
     },
     domain::{PointsEvent, apply_points, points_for},
+    wire,
 };
 
 /// The customer service's subscriptions.
@@ -154,17 +151,8 @@ async fn move_points(
         change.delta += delta;
         change.changes += 1;
         tracing::info!(%order_id, %customer_id, delta, balance = balance.balance, "loyalty points moved");
-        events.push((
-            LoyaltyPointsChanged {
-                customer_id: customer_id.to_string(),
-                order_id: order_id.to_string(),
-                delta,
-                balance: balance.balance,
-                changed_at: Some(timestamp(Utc::now())),
-                version: balance.version,
-            },
-            trace,
-        ));
+        let event = wire::points_changed(*customer_id, *order_id, delta, balance, Utc::now());
+        events.push((event, trace));
     }
 
     let (mut created, mut updated) = (Vec::new(), Vec::new());

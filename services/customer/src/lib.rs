@@ -7,6 +7,7 @@
 //!   `order.rejected` / `order.cancelled` take them back, once per order,
 //!   through the [`db::ledger`]; each move publishes `customer.points_changed`.
 //! * [`domain`]: validated names and emails, the points rule.
+//! * [`wire`]: stored customers as `customer.v1` messages.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it all to the
 //!   shared plumbing in `platform`.
 
@@ -15,6 +16,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod startup;
+pub mod wire;
 
 use diesel_migrations::embed_migrations;
 use platform::ServiceSpec;

@@ -7,14 +7,12 @@ use crate::{api::CustomerApi, events};
 
 /// Builds the customer service on its connections and binds its port.
 pub async fn build(infra: Infra, config: Config<NoExtra>) -> anyhow::Result<App> {
-    let api =
-        CustomerServiceServer::new(CustomerApi::new(infra.pool.clone(), infra.outbox.clone()))
-            .max_decoding_message_size(infra.settings().grpc_max_message_bytes);
-    let consumer = events::consumer(infra.outbox.clone());
+    let api = CustomerServiceServer::new(CustomerApi::new(infra.db.clone()))
+        .max_decoding_message_size(infra.settings().grpc_max_message_bytes);
     infra
         .server()
         .api(api)
-        .consumer(consumer)
+        .consumer(events::consumer)
         .bind(config.grpc_addr)
         .await
 }

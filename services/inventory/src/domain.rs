@@ -1,6 +1,6 @@
 //! Values the inventory service accepts.
 
-use platform::api::parse_text;
+use platform::fields::parse_text;
 
 /// Highest price, in cents (one hundred million in whole units).
 pub const MAX_PRICE_CENTS: i64 = 10_000_000_000;

@@ -25,20 +25,19 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use broker::{Consumer, HandlerError, Outbox, Received, TraceContext};
 use chrono::Utc;
 use dbps::{
-    inventory::v1::{ProductChanged, StockLine, StockRejected, StockReleased, StockReserved},
+    inventory::v1::ProductChanged,
     order::v1::{OrderCancelled, OrderCreated},
 };
 use diesel_async::AsyncPgConnection;
 use futures_util::try_join;
-use platform::api::timestamp;
 use uuid::Uuid;
 
 use crate::{
-    api::changed,
     db::{
         products::{self, Product},
         reservations::{self, Decision, Status},
     },
+    wire,
 };
 
 /// The inventory service's subscriptions.
@@ -90,15 +89,7 @@ async fn reserve(
         }
         if let Some((sku, reason)) = shortage(&stock, &wanted) {
             tracing::info!(%order_id, reason, "stock rejected");
-            rejected.push((
-                StockRejected {
-                    order_id: order_id.to_string(),
-                    reason: reason.clone(),
-                    sku,
-                    rejected_at: Some(timestamp(now)),
-                },
-                trace,
-            ));
+            rejected.push((wire::rejected(order_id, sku, reason.clone(), now), trace));
             decisions.push(Decision {
                 order_id,
                 status: Status::Rejected,
@@ -115,7 +106,7 @@ async fn reserve(
             product.reserved += quantity;
             product.version += 1;
             product.updated_at = now;
-            moved.push((changed(product), trace));
+            moved.push((wire::changed(product), trace));
             touched.insert(sku.clone());
         }
         let held: Vec<(String, i32)> = wanted
@@ -123,14 +114,7 @@ async fn reserve(
             .map(|(sku, quantity)| (sku.clone(), i32::try_from(*quantity).unwrap_or(i32::MAX)))
             .collect();
         tracing::info!(%order_id, "stock reserved");
-        reserved.push((
-            StockReserved {
-                order_id: order_id.to_string(),
-                lines: stock_lines(&held),
-                reserved_at: Some(timestamp(now)),
-            },
-            trace,
-        ));
+        reserved.push((wire::reserved(order_id, &held, now), trace));
         decisions.push(Decision {
             order_id,
             status: Status::Reserved,
@@ -251,18 +235,11 @@ async fn release(
             product.reserved -= i64::from(*quantity);
             product.version += 1;
             product.updated_at = now;
-            moved.push((changed(product), trace));
+            moved.push((wire::changed(product), trace));
             touched.insert(sku.clone());
         }
         tracing::info!(%order_id, "stock released");
-        events.push((
-            StockReleased {
-                order_id: order_id.to_string(),
-                lines: stock_lines(lines),
-                released_at: Some(timestamp(now)),
-            },
-            trace,
-        ));
+        events.push((wire::released(order_id, lines, now), trace));
         decisions.push(Decision {
             order_id,
             status: Status::Released,
@@ -278,16 +255,6 @@ async fn release(
         outbox.enqueue_all(shared, moved.iter().map(|(e, t)| (e, *t))),
     )?;
     Ok(())
-}
-
-fn stock_lines(lines: &[(String, i32)]) -> Vec<StockLine> {
-    lines
-        .iter()
-        .map(|(sku, quantity)| StockLine {
-            sku: sku.clone(),
-            quantity: *quantity,
-        })
-        .collect()
 }
 
 fn parse_order_id(text: &str) -> Result<Uuid, HandlerError> {

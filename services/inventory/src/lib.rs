@@ -7,6 +7,7 @@
 //! * [`events`]: the saga's inventory side: reserve an order's lines all or
 //!   nothing on `order.created`, give them back on `order.cancelled`.
 //! * [`domain`]: validated product fields and stock rules.
+//! * [`wire`]: stored products and stock decisions as `inventory.v1` messages.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod startup;
+pub mod wire;
 
 use diesel_migrations::embed_migrations;
 use platform::ServiceSpec;

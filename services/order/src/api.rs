@@ -1,21 +1,20 @@
 //! `order.v1.OrderService`: validates at the edge, checks and prices against
 //! the local replicas, writes order, lines and event in one statement.
 
-use broker::{Outbox, TraceContext, pg::PgPool};
-use chrono::{SubsecRound, Utc};
 use std::sync::Arc;
 
+use broker::{Outbox, TraceContext};
+use chrono::{SubsecRound, Utc};
 use dbps::order::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
-    OrderCreated, OrderLine, OrderStatus as ProtoStatus, PlaceOrderRequest, WatchOrderRequest,
+    OrderStatus as ProtoStatus, PlaceOrderRequest, WatchOrderRequest,
     order_service_server::OrderService,
 };
 use diesel::result::Error as DieselError;
-use diesel_async::{AsyncConnection, AsyncPgConnection, pooled_connection::bb8::RunError};
+use diesel_async::{AsyncPgConnection, pooled_connection::bb8::RunError};
 use futures_util::try_join;
 use platform::{
-    ApiError, Violations,
-    api::{Page, parse_id, timestamp, trace_context},
+    ApiError, ApiResult, Db, Page, Violations, fields::parse_id, respond, telemetry::trace_context,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +30,7 @@ use crate::{
     domain::{self, OrderStatus, PlaceOrder, Transition},
     transitions::{self, Outcome},
     watch::Watchers,
+    wire,
 };
 
 /// After REJECTED or CANCELLED nothing can happen to an order any more.
@@ -44,8 +44,7 @@ fn is_final(order: &Order) -> bool {
 /// The gRPC API of the order service.
 #[derive(Clone)]
 pub struct OrderApi {
-    pool: PgPool,
-    outbox: Outbox,
+    db: Db,
     watchers: Arc<Watchers>,
     shutdown: CancellationToken,
 }
@@ -79,198 +78,72 @@ impl From<PlaceError> for ApiError {
 }
 
 impl OrderApi {
-    /// An API over the service's pool and outbox; watch streams end on
-    /// `shutdown`.
-    pub fn new(
-        pool: PgPool,
-        outbox: Outbox,
-        watchers: Arc<Watchers>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// An API over the service's database; watch streams end on `shutdown`.
+    pub fn new(db: Db, watchers: Arc<Watchers>, shutdown: CancellationToken) -> Self {
         OrderApi {
-            pool,
-            outbox,
+            db,
             watchers,
             shutdown,
         }
     }
 
-    async fn load(&self, order_id: Uuid) -> Result<Order, ApiError> {
-        let mut conn = self.pool.get().await?;
+    async fn load(&self, order_id: Uuid) -> ApiResult<Order> {
+        let mut conn = self.db.conn().await?;
         let stored = orders::find(&mut conn, order_id)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))?;
-        Ok(to_proto(stored))
+        Ok(wire::order(stored))
     }
 
-    async fn place(
-        &self,
-        request: &PlaceOrder,
-        trace: &TraceContext,
-    ) -> Result<Stored, PlaceError> {
-        let conn = self.pool.get().await?;
-        let conn: &AsyncPgConnection = &conn;
-        // Two round trips: the reads pipelined, then one statement for the
-        // order, its lines and its event. The reads need no transaction: the
-        // write does not depend on their snapshot (an idempotency key used
-        // meanwhile is caught by the insert itself).
-        let skus: Vec<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
-        let earlier = async {
-            match &request.idempotency_key {
-                Some(key) => orders::find_by_key(conn, request.customer_id, key).await,
-                None => Ok(None),
-            }
-        };
-        let (earlier, known, prices) = try_join!(
-            earlier,
-            replicas::customer_exists(conn, request.customer_id),
-            replicas::prices(conn, &skus),
-        )?;
-        if let Some(earlier) = earlier {
-            return same_order(earlier, request);
-        }
-        if !known {
-            return Err(PlaceError::UnknownCustomer(request.customer_id));
-        }
-        let (lines, total_cents) =
-            domain::price(&request.lines, &prices).map_err(PlaceError::UnknownSkus)?;
-
-        // Postgres keeps microseconds: answer with what is stored.
-        let now = Utc::now().trunc_subsecs(6);
-        let order = OrderRow {
-            order_id: Uuid::now_v7(),
-            customer_id: request.customer_id,
-            status: OrderStatus::Pending.as_str().to_owned(),
-            status_reason: String::new(),
-            total_cents,
-            idempotency_key: request.idempotency_key.clone(),
-            created_at: now,
-            updated_at: now,
-        };
-        let stored = Stored {
-            lines: lines
-                .iter()
-                .zip(0..)
-                .map(|(line, line_no)| LineRow {
-                    order_id: order.order_id,
-                    line_no,
-                    sku: line.sku.clone(),
-                    quantity: line.quantity,
-                    unit_price_cents: line.unit_price_cents,
-                })
-                .collect(),
-            order,
-        };
-        let event = self.outbox.entry(&created(&stored), trace);
-        if !orders::insert_placed(conn, &stored.order, &stored.lines, &event).await? {
-            // A concurrent request with the same key committed first.
-            let key = request.idempotency_key.as_deref().unwrap_or_default();
-            let existing = orders::find_by_key(conn, request.customer_id, key).await?;
-            return existing
-                .ok_or(PlaceError::KeyReused)
-                .and_then(|existing| same_order(existing, request));
-        }
-        Ok(stored)
-    }
-}
-
-/// The order stored under an idempotency key, if the retried request asks for
-/// the same thing.
-fn same_order(existing: Stored, request: &PlaceOrder) -> Result<Stored, PlaceError> {
-    let same = existing.lines.len() == request.lines.len()
-        && existing
-            .lines
-            .iter()
-            .zip(&request.lines)
-            .all(|(stored, asked)| stored.sku == asked.sku && stored.quantity == asked.quantity);
-    if same {
-        Ok(existing)
-    } else {
-        Err(PlaceError::KeyReused)
-    }
-}
-
-#[tonic::async_trait]
-impl OrderService for OrderApi {
-    type WatchOrderStream = ReceiverStream<Result<Order, Status>>;
-
-    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id, order_id))]
-    async fn place_order(
-        &self,
-        request: Request<PlaceOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
+    async fn place_order(&self, request: Request<PlaceOrderRequest>) -> ApiResult<Order> {
         let trace = trace_context(&request);
-        let order = PlaceOrder::parse(request.get_ref()).map_err(ApiError::from)?;
-        let stored = self.place(&order, &trace).await.map_err(ApiError::from)?;
-        self.outbox.committed();
+        let order = PlaceOrder::parse(request.get_ref())?;
+        let stored = self
+            .db
+            .write(async |conn| place(conn, self.db.outbox(), &order, &trace).await)
+            .await?;
         tracing::Span::current().record("order_id", tracing::field::display(stored.order.order_id));
         tracing::info!(total_cents = stored.order.total_cents, "order placed");
-        Ok(Response::new(to_proto(stored)))
+        Ok(wire::order(stored))
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
-    async fn get_order(
-        &self,
-        request: Request<GetOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
-        let order_id = parse_id(&request.get_ref().order_id)
-            .map_err(|error| ApiError::invalid("order_id", error))?;
-        Ok(Response::new(self.load(order_id).await?))
-    }
-
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
-    async fn cancel_order(
-        &self,
-        request: Request<CancelOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
+    async fn cancel_order(&self, request: Request<CancelOrderRequest>) -> ApiResult<Order> {
         let trace = trace_context(&request);
         let mut violations = Violations::new();
         let order_id = violations.check("order_id", parse_id(&request.get_ref().order_id));
         let reason = violations.check("reason", domain::parse_reason(&request.get_ref().reason));
         let (Some(order_id), Some(reason)) = (order_id, reason) else {
-            return Err(ApiError::from(violations).into());
+            return Err(violations.into());
         };
         let reason = if reason.is_empty() {
             "cancelled by the client".to_owned()
         } else {
             reason
         };
-        let mut conn = self.pool.get().await.map_err(ApiError::from)?;
-        let outcome = conn
-            .transaction::<_, DieselError, _>(async |conn| {
-                transitions::apply(
-                    conn,
-                    &self.outbox,
-                    order_id,
-                    Transition::Cancel,
-                    &reason,
-                    &trace,
-                )
-                .await
+        let outcome = self
+            .db
+            .transaction::<_, ApiError>(async |conn| {
+                let cancel = Transition::Cancel;
+                let outbox = self.db.outbox();
+                Ok(transitions::apply(conn, outbox, order_id, cancel, &reason, &trace).await?)
             })
-            .await
-            .map_err(ApiError::from)?;
-        self.outbox.committed();
+            .await?;
         match outcome {
-            Outcome::Moved(_) => Ok(Response::new(self.load(order_id).await?)),
-            Outcome::Missing => {
-                Err(ApiError::NotFound(format!("order {order_id} not found")).into())
-            }
+            Outcome::Moved(_) => self.load(order_id).await,
+            Outcome::Missing => Err(ApiError::NotFound(format!("order {order_id} not found"))),
             Outcome::AlreadyThere(order) | Outcome::Refused(order) => {
                 Err(ApiError::FailedPrecondition(format!(
                     "order {order_id} is {} and cannot be cancelled",
                     order.status
-                ))
-                .into())
+                )))
             }
         }
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
     async fn watch_order(
         &self,
         request: Request<WatchOrderRequest>,
-    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+    ) -> ApiResult<ReceiverStream<Result<Order, Status>>> {
         let order_id = parse_id(&request.get_ref().order_id)
             .map_err(|error| ApiError::invalid("order_id", error))?;
         // Subscribe before the first read, so no change can fall in between.
@@ -301,75 +174,165 @@ impl OrderService for OrderApi {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(ReceiverStream::new(receiver))
     }
 
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
-    ) -> Result<Response<ListOrdersResponse>, Status> {
+    ) -> ApiResult<ListOrdersResponse> {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let customer_id = match request.customer_id.as_str() {
             "" => None,
             id => violations.check("customer_id", parse_id(id)),
         };
-        let page = Page::parse(&mut violations, request.page_size, &request.page_token);
-        let before = page
-            .as_ref()
-            .and_then(|page| page.after.as_deref())
-            .and_then(|key| violations.check("page_token", parse_id(key)));
+        let page = Page::parse_with(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            parse_id,
+        );
         let Some(page) = page.filter(|_| violations.is_empty()) else {
-            return Err(ApiError::from(violations).into());
+            return Err(violations.into());
         };
-        let mut conn = self.pool.get().await.map_err(ApiError::from)?;
-        let mut rows = orders::page(&mut conn, customer_id, before, page.size + 1)
-            .await
-            .map_err(ApiError::from)?;
+        let mut conn = self.db.conn().await?;
+        let mut rows = orders::page(&mut conn, customer_id, page.after, page.fetch()).await?;
         let next_page_token = page.finish(&mut rows, |stored| stored.order.order_id.to_string());
-        Ok(Response::new(ListOrdersResponse {
-            orders: rows.into_iter().map(to_proto).collect(),
+        Ok(ListOrdersResponse {
+            orders: rows.into_iter().map(wire::order).collect(),
             next_page_token,
-        }))
-    }
-}
-
-/// The proto lines of stored lines (the API's and the events' view).
-pub(crate) fn proto_lines(lines: &[LineRow]) -> Vec<OrderLine> {
-    lines
-        .iter()
-        .map(|line| OrderLine {
-            sku: line.sku.clone(),
-            quantity: line.quantity,
-            unit_price_cents: line.unit_price_cents,
         })
-        .collect()
-}
-
-/// The `order.created` event: the whole order as accepted.
-fn created(stored: &Stored) -> OrderCreated {
-    OrderCreated {
-        order_id: stored.order.order_id.to_string(),
-        customer_id: stored.order.customer_id.to_string(),
-        lines: proto_lines(&stored.lines),
-        total_cents: stored.order.total_cents,
-        created_at: Some(timestamp(stored.order.created_at)),
     }
 }
 
-/// The API view of a stored order.
-pub fn to_proto(stored: Stored) -> Order {
-    let status = OrderStatus::parse(&stored.order.status)
-        .map(OrderStatus::to_proto)
-        .unwrap_or_default();
-    Order {
-        order_id: stored.order.order_id.to_string(),
-        customer_id: stored.order.customer_id.to_string(),
-        lines: proto_lines(&stored.lines),
-        total_cents: stored.order.total_cents,
-        status: status.into(),
-        status_reason: stored.order.status_reason,
-        created_at: Some(timestamp(stored.order.created_at)),
-        updated_at: Some(timestamp(stored.order.updated_at)),
+/// Places `request`: the reads pipelined, then one statement for the order,
+/// its lines and its event. The reads need no transaction: the write does
+/// not depend on their snapshot (an idempotency key used meanwhile is caught
+/// by the insert itself).
+async fn place(
+    conn: &AsyncPgConnection,
+    outbox: &Outbox,
+    request: &PlaceOrder,
+    trace: &TraceContext,
+) -> Result<Stored, PlaceError> {
+    let skus: Vec<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
+    let earlier = async {
+        match &request.idempotency_key {
+            Some(key) => orders::find_by_key(conn, request.customer_id, key).await,
+            None => Ok(None),
+        }
+    };
+    let (earlier, known, prices) = try_join!(
+        earlier,
+        replicas::customer_exists(conn, request.customer_id),
+        replicas::prices(conn, &skus),
+    )?;
+    if let Some(earlier) = earlier {
+        return same_order(earlier, request);
+    }
+    if !known {
+        return Err(PlaceError::UnknownCustomer(request.customer_id));
+    }
+    let (lines, total_cents) =
+        domain::price(&request.lines, &prices).map_err(PlaceError::UnknownSkus)?;
+
+    // Postgres keeps microseconds: answer with what is stored.
+    let now = Utc::now().trunc_subsecs(6);
+    let order = OrderRow {
+        order_id: Uuid::now_v7(),
+        customer_id: request.customer_id,
+        status: OrderStatus::Pending.as_str().to_owned(),
+        status_reason: String::new(),
+        total_cents,
+        idempotency_key: request.idempotency_key.clone(),
+        created_at: now,
+        updated_at: now,
+    };
+    let stored = Stored {
+        lines: lines
+            .iter()
+            .zip(0..)
+            .map(|(line, line_no)| LineRow {
+                order_id: order.order_id,
+                line_no,
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price_cents: line.unit_price_cents,
+            })
+            .collect(),
+        order,
+    };
+    let event = outbox.entry(&wire::created(&stored), trace);
+    if !orders::insert_placed(conn, &stored.order, &stored.lines, &event).await? {
+        // A concurrent request with the same key committed first.
+        let key = request.idempotency_key.as_deref().unwrap_or_default();
+        let existing = orders::find_by_key(conn, request.customer_id, key).await?;
+        return existing
+            .ok_or(PlaceError::KeyReused)
+            .and_then(|existing| same_order(existing, request));
+    }
+    Ok(stored)
+}
+
+/// The order stored under an idempotency key, if the retried request asks for
+/// the same thing.
+fn same_order(existing: Stored, request: &PlaceOrder) -> Result<Stored, PlaceError> {
+    let same = existing.lines.len() == request.lines.len()
+        && existing
+            .lines
+            .iter()
+            .zip(&request.lines)
+            .all(|(stored, asked)| stored.sku == asked.sku && stored.quantity == asked.quantity);
+    if same {
+        Ok(existing)
+    } else {
+        Err(PlaceError::KeyReused)
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    type WatchOrderStream = ReceiverStream<Result<Order, Status>>;
+
+    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id, order_id))]
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        respond(OrderApi::place_order(self, request).await)
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let order_id = parse_id(&request.get_ref().order_id)
+            .map_err(|error| ApiError::invalid("order_id", error));
+        respond(async { self.load(order_id?).await }.await)
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        respond(OrderApi::cancel_order(self, request).await)
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn watch_order(
+        &self,
+        request: Request<WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        respond(OrderApi::watch_order(self, request).await)
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        respond(OrderApi::list_orders(self, request).await)
     }
 }

@@ -2,10 +2,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use dbps::order::v1::{self as proto, PlaceOrderRequest};
+use dbps::order::v1::PlaceOrderRequest;
 use platform::{
     Violations,
-    api::{parse_id, parse_sku},
+    fields::{parse_id, parse_sku, parse_text},
 };
 use uuid::Uuid;
 
@@ -71,16 +71,6 @@ impl OrderStatus {
             _ => Decision::Refuse,
         }
     }
-
-    /// The protobuf enum.
-    pub fn to_proto(self) -> proto::OrderStatus {
-        match self {
-            OrderStatus::Pending => proto::OrderStatus::Pending,
-            OrderStatus::Approved => proto::OrderStatus::Approved,
-            OrderStatus::Rejected => proto::OrderStatus::Rejected,
-            OrderStatus::Cancelled => proto::OrderStatus::Cancelled,
-        }
-    }
 }
 
 /// What can happen to an order after it was placed.
@@ -113,7 +103,7 @@ pub fn parse_reason(raw: &str) -> Result<String, String> {
     if raw.trim().is_empty() {
         Ok(String::new())
     } else {
-        platform::api::parse_text(raw, MAX_REASON_CHARS)
+        parse_text(raw, MAX_REASON_CHARS)
     }
 }
 

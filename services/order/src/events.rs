@@ -7,12 +7,13 @@
 //! with multi-row statements; it commits with that record or not at all.
 
 use broker::{Consumer, HandlerError, Outbox, Received, consumer::HandlerFuture};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use dbps::{
     customer::v1::CustomerRegistered,
     inventory::v1::{ProductChanged, StockRejected, StockReserved},
 };
 use diesel_async::AsyncPgConnection;
+use platform::fields::from_timestamp;
 use uuid::Uuid;
 
 use crate::{
@@ -120,7 +121,8 @@ fn remember_customers<'c>(
                     r.event.customer_id
                 ))
             })?;
-            let registered_at = time(r.event.registered_at.as_ref()).unwrap_or_else(Utc::now);
+            let registered_at =
+                from_timestamp(r.event.registered_at.as_ref()).unwrap_or_else(Utc::now);
             customers.push((customer_id, registered_at));
         }
         replicas::add_customers(conn, &customers).await?;
@@ -144,7 +146,8 @@ fn update_catalog<'c>(
                     name: &product.name,
                     price_cents: product.price_cents,
                     version: product.version,
-                    updated_at: time(product.changed_at.as_ref()).unwrap_or_else(Utc::now),
+                    updated_at: from_timestamp(product.changed_at.as_ref())
+                        .unwrap_or_else(Utc::now),
                 }
             })
             .collect();
@@ -152,9 +155,4 @@ fn update_catalog<'c>(
         tracing::debug!(states = entries.len(), stored, "catalog replicated");
         Ok(())
     })
-}
-
-fn time(timestamp: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    let timestamp = timestamp?;
-    DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).ok()?)
 }

@@ -3,13 +3,13 @@
 //! * [`api`]: `order.v1.OrderService` over gRPC. `PlaceOrder` checks the
 //!   customer and prices the lines against this service's own replicas, then
 //!   writes the order (PENDING), its lines and `order.created` in one
-//!   transaction.
-//!   `CancelOrder` and the stock answers move orders through
+//!   statement. `CancelOrder` and the stock answers move orders through
 //!   [`transitions`]; `WatchOrder` streams changes heard by [`watch`].
 //! * [`events`]: keeps the replicas (`known_customers`, `catalog`) from
 //!   `customer.registered` and `product.changed`, and approves or rejects
 //!   orders on `stock.reserved` / `stock.rejected`.
 //! * [`domain`]: validated requests, order status, pricing.
+//! * [`wire`]: stored orders as `order.v1` messages, for the API and events.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
 
 pub mod api;
@@ -19,6 +19,7 @@ pub mod events;
 pub mod startup;
 pub mod transitions;
 pub mod watch;
+pub mod wire;
 
 use diesel_migrations::embed_migrations;
 use platform::ServiceSpec;

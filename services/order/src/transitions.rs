@@ -13,16 +13,14 @@ use std::collections::BTreeSet;
 
 use broker::{Outbox, TraceContext};
 use chrono::Utc;
-use dbps::order::v1::{OrderApproved, OrderCancelled, OrderRejected};
 use diesel_async::AsyncPgConnection;
 use futures_util::try_join;
-use platform::api::timestamp;
 use uuid::Uuid;
 
 use crate::{
-    api::proto_lines,
     db::orders::{self, OrderRow},
     domain::{Decision, OrderStatus, Transition},
+    wire,
 };
 
 /// What a transition did.
@@ -115,42 +113,16 @@ pub async fn apply_all(
         row.status = next.as_str().to_owned();
         row.status_reason = m.reason.to_owned();
         row.updated_at = now;
-        let order_id = row.order_id.to_string();
-        let customer_id = row.customer_id.to_string();
-        let at = Some(timestamp(now));
-        let order_lines = proto_lines(lines.get(&m.order_id).map_or(&[][..], Vec::as_slice));
+        let order_lines = lines.get(&m.order_id).map_or(&[][..], Vec::as_slice);
         match next {
-            OrderStatus::Approved => approved.push((
-                OrderApproved {
-                    order_id,
-                    customer_id,
-                    total_cents: row.total_cents,
-                    approved_at: at,
-                    lines: order_lines,
-                },
-                m.trace,
-            )),
-            OrderStatus::Rejected => rejected.push((
-                OrderRejected {
-                    order_id,
-                    customer_id,
-                    reason: m.reason.to_owned(),
-                    rejected_at: at,
-                    lines: order_lines,
-                    total_cents: row.total_cents,
-                },
-                m.trace,
-            )),
+            OrderStatus::Approved => {
+                approved.push((wire::approved(row, order_lines, now), m.trace))
+            }
+            OrderStatus::Rejected => {
+                rejected.push((wire::rejected(row, order_lines, m.reason, now), m.trace))
+            }
             OrderStatus::Cancelled => cancelled.push((
-                OrderCancelled {
-                    order_id,
-                    customer_id,
-                    reason: m.reason.to_owned(),
-                    previous_status: status.to_proto().into(),
-                    cancelled_at: at,
-                    lines: order_lines,
-                    total_cents: row.total_cents,
-                },
+                wire::cancelled(row, order_lines, status, m.reason, now),
                 m.trace,
             )),
             OrderStatus::Pending => {}

@@ -10,15 +10,16 @@ use std::{
     time::Duration,
 };
 
-use broker::pg::{self, PgPool};
+use broker::supervise::{Restarts, Up};
 use dbps::order::v1::Order;
 use diesel_async::SimpleAsyncConnection;
 use futures_util::StreamExt;
+use platform::db::{PgPool, connect, quote_ident};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{api::to_proto, db::orders};
+use crate::{db::orders, wire};
 
 type Latest = Option<Arc<Order>>;
 
@@ -84,7 +85,7 @@ impl Watchers {
         };
         match order {
             Ok(Some(stored)) => {
-                let latest = Some(Arc::new(to_proto(stored)));
+                let latest = Some(Arc::new(wire::order(stored)));
                 if let Ok(watched) = self.watched.lock()
                     && let Some(sender) = watched.get(&order_id)
                 {
@@ -115,38 +116,27 @@ impl Watchers {
         schema: &'static str,
         shutdown: CancellationToken,
     ) {
-        let mut attempt = 0u32;
+        let what = "order watch listener lost its connection";
+        let mut restarts = Restarts::new(what, Duration::from_secs(5));
         loop {
             let error = tokio::select! {
-                result = self.listen_once(&database_url, schema, &mut attempt) => match result {
-                    Ok(()) => "the LISTEN connection closed".to_owned(),
-                    Err(error) => error.to_string(),
+                result = self.listen_once(&database_url, schema, restarts.attempt()) => match result {
+                    Ok(()) => anyhow::anyhow!("the LISTEN connection closed"),
+                    Err(error) => error,
                 },
                 _ = shutdown.cancelled() => return,
             };
-            let delay = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
-            attempt = attempt.saturating_add(1);
-            tracing::warn!(error, retry_in = ?delay, "order watch listener lost its connection");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return,
+            if !restarts.wait(error, &shutdown).await {
+                return;
             }
         }
     }
 
-    async fn listen_once(
-        &self,
-        database_url: &str,
-        schema: &str,
-        attempt: &mut u32,
-    ) -> anyhow::Result<()> {
-        let mut conn = pg::connect(database_url, schema).await?;
-        conn.batch_execute(&format!(
-            "LISTEN {}",
-            pg::quote_ident(orders::CHANGES_CHANNEL)
-        ))
-        .await?;
-        *attempt = 0;
+    async fn listen_once(&self, database_url: &str, schema: &str, up: Up) -> anyhow::Result<()> {
+        let mut conn = connect(database_url, schema).await?;
+        conn.batch_execute(&format!("LISTEN {}", quote_ident(orders::CHANGES_CHANNEL)))
+            .await?;
+        up.mark();
         self.refresh_all().await;
         let mut notifications = pin!(conn.notifications_stream());
         while let Some(notification) = notifications.next().await {

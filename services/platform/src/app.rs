@@ -2,9 +2,10 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::future::BoxFuture;
 
-use broker::{Amqp, Consumer, Outbox, Relay, pg::PgPool};
+use broker::{Amqp, Consumer, Outbox, Relay};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -19,16 +20,15 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     bootstrap,
     config::{Config, ServiceSpec, Settings},
-    db,
+    db::{self, Db},
 };
 
 /// A service's connections, ready for its API and handlers.
 pub struct Infra {
     spec: &'static ServiceSpec,
-    /// Connections as the service's role, `search_path` = its schema.
-    pub pool: PgPool,
-    /// Writes events for the relay to publish.
-    pub outbox: Outbox,
+    /// Connections as the service's role (`search_path` = its schema) and
+    /// the outbox the relay publishes.
+    pub db: Db,
     amqp: Amqp,
     database_url: String,
     settings: Settings,
@@ -49,32 +49,30 @@ impl Infra {
     ) -> anyhow::Result<Infra> {
         let settings = config.settings.clone();
         let database_url = config.database_url.clone();
-        let started = tokio::time::Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            match Self::prepare_database(spec, &database_url, &settings).await {
-                Ok(()) => break,
-                Err(error) if started.elapsed() < DATABASE_WAIT => {
-                    attempt += 1;
-                    let delay = Duration::from_millis(200 * u64::from(attempt.min(10)));
-                    tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "database not ready");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let waiting = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(DATABASE_WAIT));
+        (|| Self::prepare_database(spec, &database_url, &settings))
+            .retry(waiting)
+            .notify(|error, delay| {
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?delay, "database not ready");
+            })
+            .await?;
         let pool = db::pool(&database_url, spec.schema, settings.db_pool_size).await?;
         let mut outbox = Outbox::new(spec.name, spec.schema);
         if !settings.outbox_notify {
             outbox = outbox.without_notify();
         }
+        let db = Db::new(pool, outbox);
         let amqp = Amqp::new(settings.amqp_url.clone(), format!("{}-service", spec.name))
             .with_tls(crate::tls::amqp(&settings)?);
         let shutdown = CancellationToken::new();
         Ok(Infra {
             spec,
-            pool,
-            outbox,
+            db,
             amqp,
             database_url,
             settings,
@@ -182,9 +180,11 @@ impl AppBuilder {
         self
     }
 
-    /// Runs `consumer` beside the server (its handlers' events wake the relay).
-    pub fn consumer(mut self, consumer: Consumer) -> Self {
-        self.consumer = Some(consumer.wakes(self.infra.outbox.clone()));
+    /// Runs the consumer `subscribe` makes (its handlers write events through
+    /// the service's outbox) beside the server; their commits wake the relay.
+    pub fn consumer(mut self, subscribe: impl FnOnce(Outbox) -> Consumer) -> Self {
+        let outbox = self.infra.db.outbox().clone();
+        self.consumer = Some(subscribe(outbox.clone()).wakes(outbox));
         self
     }
 
@@ -254,8 +254,7 @@ impl App {
         } = builder;
         let Infra {
             spec,
-            pool,
-            outbox,
+            db,
             amqp,
             database_url,
             settings,
@@ -273,6 +272,7 @@ impl App {
             });
         }
         let shutdown = internal;
+        let (pool, outbox) = (db.pool().clone(), db.outbox().clone());
 
         let (reporter, health) = tonic_health::server::health_reporter();
         set_status(&reporter, &names, ServingStatus::NotServing).await;

@@ -1,19 +1,107 @@
-//! The pool and the migrations of a service's schema.
+//! A service's Postgres: the pool, writes that wake the relay after they
+//! commit, dedicated connections, and the migrations of its schema.
+//!
+//! Services take everything Postgres from here; the connection plumbing
+//! itself (schema pinning, multi-host URLs, failover checks) lives in
+//! `broker::pg`, which the relay and the consumers share.
 
 use std::time::Duration;
 
-use broker::pg::{self, PgPool};
+use broker::{Outbox, pg};
 use diesel::{
     migration::{Migration, MigrationSource},
     pg::Pg,
+    result::Error as DieselError,
     sql_types::Text,
 };
 use diesel_async::{
-    AsyncPgConnection, RunQueryDsl,
+    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager,
     async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod},
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+        bb8::{PooledConnection, RunError},
+    },
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+pub use broker::pg::{PgPool, connect, is_connection_error, quote_ident};
+
+/// A connection checked out of the pool.
+pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
+
+/// The service's pool and outbox: every write that enqueues events goes
+/// through [`Db::transaction`] or [`Db::write`], which wake the relay once the
+/// events are committed.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+    outbox: Outbox,
+}
+
+impl Db {
+    /// Writes through `outbox` on connections from `pool`.
+    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
+        Db { pool, outbox }
+    }
+
+    /// The pool, for reads.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The outbox, to enqueue events inside a [`Db::transaction`].
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// A connection for reads.
+    pub async fn conn(&self) -> Result<Conn<'_>, RunError> {
+        self.pool.get().await
+    }
+
+    /// Runs `work` in one transaction (rolled back if it fails), then wakes
+    /// the relay for the events it enqueued.
+    pub async fn transaction<T, E>(
+        &self,
+        work: impl AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<DieselError> + From<RunError>,
+    {
+        let mut conn = self.pool.get().await?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        AnsiTransactionManager::begin_transaction(conn).await?;
+        match work(conn).await {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(conn).await?;
+                self.outbox.committed();
+                Ok(value)
+            }
+            Err(error) => match AnsiTransactionManager::rollback_transaction(conn).await {
+                // The work's own error says more than a failed rollback
+                // (the pool drops a connection left in a transaction).
+                Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(error),
+                Err(rollback) => Err(rollback.into()),
+            },
+        }
+    }
+
+    /// Runs `work` outside a transaction, for statements atomic on their own
+    /// (one `INSERT … WITH` writing business rows and the outbox row), then
+    /// wakes the relay.
+    pub async fn write<T, E>(
+        &self,
+        work: impl AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<RunError>,
+    {
+        let mut conn = self.pool.get().await?;
+        let value = work(&mut conn).await?;
+        self.outbox.committed();
+        Ok(value)
+    }
+}
 
 /// Builds the pool; every connection has `search_path` pinned to `schema`.
 pub async fn pool(url: &str, schema: &'static str, size: u32) -> anyhow::Result<PgPool> {

@@ -1,13 +1,20 @@
 //! What every service shares, so each service holds only its own domain.
 //!
 //! * [`config`]: one clap configuration for all services, defaults per service.
-//! * [`telemetry`]: structured logs (text or JSON) filtered by `RUST_LOG`.
+//! * [`telemetry`]: structured logs (text or JSON) filtered by `RUST_LOG`, OTLP
+//!   traces, and the trace context of a request.
 //! * [`bootstrap`]: creates a service's database, role and schema from an admin URL.
-//! * [`db`]: the connection pool and embedded migrations.
-//! * [`api`]: [`ApiError`], the one mapping from failures to gRPC status codes,
-//!   field-violation collection and page tokens.
+//! * [`db`]: [`Db`], the pool and the outbox, whose writes wake the relay after
+//!   they commit; dedicated connections; embedded migrations.
+//! * [`error`]: [`ApiError`], the one mapping from failures to gRPC status
+//!   codes, and [`respond`], where every handler's result becomes an answer.
+//! * [`fields`]: [`Violations`] and the field formats every service shares.
+//! * [`paging`]: [`Page`], page sizes and page tokens.
 //! * [`app`]: binds the gRPC server (with health and reflection), runs the
 //!   outbox relay and event consumers beside it, and shuts all down together.
+//! * [`health`]: the `healthcheck` command's client.
+//! * [`metrics`]: the Prometheus endpoint, gRPC and pool metrics.
+//! * [`tls`]: TLS and mTLS for gRPC and AMQP from the settings.
 //!
 //! A service's `main` is [`main`] with its [`ServiceSpec`] and a `build`
 //! function that turns [`Infra`] into an [`App`]:
@@ -17,13 +24,15 @@
 //!      ─► build: api + consumer ─► App::run (serve, relay, consume) ─► signal ─► drain
 //! ```
 
-pub mod api;
 pub mod app;
 pub mod bootstrap;
 pub mod config;
 pub mod db;
+pub mod error;
+pub mod fields;
 pub mod health;
 pub mod metrics;
+pub mod paging;
 pub mod telemetry;
 pub mod tls;
 
@@ -32,9 +41,12 @@ use std::{future::Future, process::ExitCode};
 use clap::{Args, FromArgMatches, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-pub use api::{ApiError, Violations};
 pub use app::{App, Infra};
 pub use config::{Command, Config, NoCommand, NoExtra, ServiceSpec, Settings};
+pub use db::Db;
+pub use error::{ApiError, ApiResult, respond};
+pub use fields::Violations;
+pub use paging::Page;
 
 /// Runs a service binary: parses its configuration and runs the chosen
 /// command (`serve` by default, `bootstrap`, `healthcheck`).

@@ -1,9 +1,12 @@
-//! Structured logs and, when an OTLP endpoint is configured, traces.
+//! Structured logs and, when an OTLP endpoint is configured, traces; the
+//! trace context a request continues.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+use broker::TraceContext;
 
 use crate::config::LogFormat;
 
@@ -67,4 +70,19 @@ pub fn init(
         .with(traces)
         .try_init();
     Ok(Telemetry { provider })
+}
+
+/// The trace context of a request: the current span's when traces are on
+/// (it already continues the caller's), else the caller's `traceparent`
+/// metadata continued, else a new trace.
+pub fn trace_context<T>(request: &tonic::Request<T>) -> TraceContext {
+    if let Some(current) = TraceContext::from_current_span() {
+        return current;
+    }
+    TraceContext::continue_or_start(
+        request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    )
 }

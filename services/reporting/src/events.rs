@@ -11,13 +11,13 @@
 //! orders the run touched.
 
 use broker::{Consumer, HandlerError, Received, consumer::HandlerFuture};
-use chrono::{DateTime, Utc};
 use dbps::{
     customer::v1::{CustomerRegistered, LoyaltyPointsChanged},
     inventory::v1::{ProductChanged, StockRejected, StockReleased, StockReserved},
     order::v1::{OrderApproved, OrderCancelled, OrderCreated, OrderRejected},
 };
 use diesel_async::AsyncPgConnection;
+use platform::fields::from_timestamp;
 use uuid::Uuid;
 
 use crate::db::{
@@ -158,9 +158,7 @@ fn orders_created<'c>(
                 order_id: parse(&order.order_id)?,
                 customer_id: parse(&order.customer_id)?,
                 total_cents: order.total_cents,
-                created_at: order.created_at.as_ref().and_then(|t| {
-                    DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
-                }),
+                created_at: from_timestamp(order.created_at.as_ref()),
                 lines: order
                     .lines
                     .iter()

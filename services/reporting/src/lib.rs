@@ -9,6 +9,7 @@
 //! * [`api`]: `reporting.v1.ReportingService`: queries of the read models,
 //!   and [`compose`]: `GetCustomerOverview`, answered live by asking the
 //!   customer, order and inventory services in parallel.
+//! * [`wire`]: read-model rows as `reporting.v1` messages.
 //! * [`config`]: where the other services are; [`db`], [`startup`] as in
 //!   every service.
 
@@ -19,6 +20,7 @@ pub mod db;
 pub mod events;
 pub mod rebuild;
 pub mod startup;
+pub mod wire;
 
 use diesel_migrations::embed_migrations;
 use platform::ServiceSpec;

@@ -42,7 +42,7 @@ pub async fn rebuild(
     event_log_max_age: Option<String>,
     idle: Duration,
 ) -> anyhow::Result<broker::ReplayStats> {
-    let mut conn = infra.pool.get().await?;
+    let mut conn = infra.db.pool().get().await?;
     conn.batch_execute(
         "BEGIN;
          TRUNCATE customer_view, product_view, order_view, order_line_view, sales_by_sku, inbox;
@@ -52,7 +52,7 @@ pub async fn rebuild(
     drop(conn);
     let config = infra.settings().consumer_config();
     let stats = events::consumer(event_log_max_age)
-        .replay(infra.amqp(), infra.pool.clone(), &config, idle)
+        .replay(infra.amqp(), infra.db.pool().clone(), &config, idle)
         .await?;
     Ok(stats)
 }
