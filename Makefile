@@ -84,6 +84,11 @@ lint: ## Formatting, clippy with warnings denied, buf lint of the contracts, the
 	  elif command -v npx >/dev/null; then npx --yes @bufbuild/buf@1 lint; \
 	  else echo "buf not found (npm install -g @bufbuild/buf); skipping buf lint"; fi
 
+.PHONY: schema-check
+schema-check: ## The diesel schema files against the migrations, in a scratch database (scripts/check-schema.sh --write regenerates them)
+	@scripts/ensure-infra.sh
+	@scripts/check-schema.sh
+
 .PHONY: contracts
 contracts: ## The event and gRPC contracts: AsyncAPI validation, buf breaking against proto/released.binpb, code vs docs/asyncapi.yaml
 	@scripts/contracts.sh check

@@ -1,6 +1,16 @@
 //! The outbox and inbox tables (see `migrations/`). Unqualified: each service's
 //! connections have `search_path` pinned to its own schema.
 
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    inbox (message_id) {
+        message_id -> Uuid,
+        event_type -> Text,
+        applied_at -> Timestamptz,
+    }
+}
+
 diesel::table! {
     outbox (id) {
         id -> Int8,
@@ -17,10 +27,4 @@ diesel::table! {
     }
 }
 
-diesel::table! {
-    inbox (message_id) {
-        message_id -> Uuid,
-        event_type -> Text,
-        applied_at -> Timestamptz,
-    }
-}
+diesel::allow_tables_to_appear_in_same_query!(inbox, outbox,);

@@ -1,5 +1,7 @@
 //! Tables of the `customers` schema (see `migrations/`).
 
+// @generated automatically by Diesel CLI.
+
 diesel::table! {
     customers (customer_id) {
         customer_id -> Uuid,
@@ -22,4 +24,5 @@ diesel::table! {
 }
 
 diesel::joinable!(loyalty_ledger -> customers (customer_id));
-diesel::allow_tables_to_appear_in_same_query!(customers, loyalty_ledger);
+
+diesel::allow_tables_to_appear_in_same_query!(customers, loyalty_ledger,);

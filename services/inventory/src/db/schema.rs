@@ -1,5 +1,7 @@
 //! Tables of the `inventory` schema (see `migrations/`).
 
+// @generated automatically by Diesel CLI.
+
 diesel::table! {
     products (sku) {
         sku -> Text,
@@ -14,6 +16,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    reservation_lines (order_id, sku) {
+        order_id -> Uuid,
+        sku -> Text,
+        quantity -> Int4,
+    }
+}
+
+diesel::table! {
     reservations (order_id) {
         order_id -> Uuid,
         status -> Text,
@@ -23,13 +33,6 @@ diesel::table! {
     }
 }
 
-diesel::table! {
-    reservation_lines (order_id, sku) {
-        order_id -> Uuid,
-        sku -> Text,
-        quantity -> Int4,
-    }
-}
-
 diesel::joinable!(reservation_lines -> reservations (order_id));
-diesel::allow_tables_to_appear_in_same_query!(products, reservations, reservation_lines);
+
+diesel::allow_tables_to_appear_in_same_query!(products, reservation_lines, reservations,);

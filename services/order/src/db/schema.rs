@@ -1,15 +1,21 @@
 //! Tables of the `orders` schema (see `migrations/`).
 
+// @generated automatically by Diesel CLI.
+
 diesel::table! {
-    orders (order_id) {
-        order_id -> Uuid,
-        customer_id -> Uuid,
-        status -> Text,
-        status_reason -> Text,
-        total_cents -> Int8,
-        idempotency_key -> Nullable<Text>,
-        created_at -> Timestamptz,
+    catalog (sku) {
+        sku -> Text,
+        name -> Text,
+        price_cents -> Int8,
+        version -> Int8,
         updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    known_customers (customer_id) {
+        customer_id -> Uuid,
+        registered_at -> Timestamptz,
     }
 }
 
@@ -24,21 +30,18 @@ diesel::table! {
 }
 
 diesel::table! {
-    known_customers (customer_id) {
+    orders (order_id) {
+        order_id -> Uuid,
         customer_id -> Uuid,
-        registered_at -> Timestamptz,
-    }
-}
-
-diesel::table! {
-    catalog (sku) {
-        sku -> Text,
-        name -> Text,
-        price_cents -> Int8,
-        version -> Int8,
+        status -> Text,
+        status_reason -> Text,
+        total_cents -> Int8,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }
 }
 
 diesel::joinable!(order_lines -> orders (order_id));
-diesel::allow_tables_to_appear_in_same_query!(orders, order_lines, known_customers, catalog);
+
+diesel::allow_tables_to_appear_in_same_query!(catalog, known_customers, order_lines, orders,);

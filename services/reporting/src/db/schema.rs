@@ -1,5 +1,7 @@
 //! Tables of the `reporting` schema (see `migrations/`).
 
+// @generated automatically by Diesel CLI.
+
 diesel::table! {
     customer_view (customer_id) {
         customer_id -> Uuid,
@@ -11,13 +13,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    product_view (sku) {
+    order_line_view (order_id, sku) {
+        order_id -> Uuid,
         sku -> Text,
-        name -> Text,
-        price_cents -> Int8,
-        available -> Int8,
-        reserved -> Int8,
-        version -> Int8,
+        quantity -> Int4,
+        unit_price_cents -> Int8,
     }
 }
 
@@ -38,11 +38,13 @@ diesel::table! {
 }
 
 diesel::table! {
-    order_line_view (order_id, sku) {
-        order_id -> Uuid,
+    product_view (sku) {
         sku -> Text,
-        quantity -> Int4,
-        unit_price_cents -> Int8,
+        name -> Text,
+        price_cents -> Int8,
+        available -> Int8,
+        reserved -> Int8,
+        version -> Int8,
     }
 }
 
@@ -57,8 +59,8 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(
     customer_view,
-    product_view,
-    order_view,
     order_line_view,
-    sales_by_sku
+    order_view,
+    product_view,
+    sales_by_sku,
 );
