@@ -8,9 +8,11 @@ use dbps::customer::v1::{
 };
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use platform::{
-    ApiError, ApiResult, Db, Page, Violations, fields::parse_id, respond, telemetry::trace_context,
+    ApiError, ApiResult, Db, OrNotFound, Page, Violations,
+    fields::{field, parse_id},
+    telemetry::trace_context,
 };
-use tonic::{Request, Response, Status};
+use tonic::Request;
 use uuid::Uuid;
 
 use crate::{
@@ -75,13 +77,12 @@ impl CustomerApi {
     }
 
     async fn get_customer(&self, request: Request<GetCustomerRequest>) -> ApiResult<Customer> {
-        let customer_id = parse_id(&request.get_ref().customer_id)
-            .map_err(|error| ApiError::invalid("customer_id", error))?;
+        let customer_id = field("customer_id", parse_id(&request.get_ref().customer_id))?;
         let mut conn = self.db.conn().await?;
-        let row = customers::find(&mut conn, customer_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("customer {customer_id} not found")))?;
-        Ok(wire::customer(row))
+        let row = customers::find(&mut conn, customer_id).await?;
+        Ok(wire::customer(
+            row.or_not_found(|| format!("customer {customer_id}"))?,
+        ))
     }
 
     async fn list_customers(
@@ -89,19 +90,10 @@ impl CustomerApi {
         request: Request<ListCustomersRequest>,
     ) -> ApiResult<ListCustomersResponse> {
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        let page = Page::parse_with(
-            &mut violations,
-            request.page_size,
-            &request.page_token,
-            parse_id,
-        );
-        let Some(page) = page.filter(|_| violations.is_empty()) else {
-            return Err(violations.into());
-        };
+        let page = Page::from_request(request.page_size, &request.page_token, parse_id)?;
         let mut conn = self.db.conn().await?;
-        let mut rows = customers::page(&mut conn, page.after, page.fetch()).await?;
-        let next_page_token = page.finish(&mut rows, |row| row.customer_id.to_string());
+        let rows = customers::page(&mut conn, page.after, page.fetch()).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.customer_id.to_string());
         Ok(ListCustomersResponse {
             customers: rows.into_iter().map(wire::customer).collect(),
             next_page_token,
@@ -109,28 +101,12 @@ impl CustomerApi {
     }
 }
 
-#[tonic::async_trait]
-impl CustomerService for CustomerApi {
-    #[tracing::instrument(skip_all, fields(customer_id))]
-    async fn register_customer(
-        &self,
-        request: Request<RegisterCustomerRequest>,
-    ) -> Result<Response<Customer>, Status> {
-        respond(CustomerApi::register_customer(self, request).await)
-    }
-
-    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
-    async fn get_customer(
-        &self,
-        request: Request<GetCustomerRequest>,
-    ) -> Result<Response<Customer>, Status> {
-        respond(CustomerApi::get_customer(self, request).await)
-    }
-
-    async fn list_customers(
-        &self,
-        request: Request<ListCustomersRequest>,
-    ) -> Result<Response<ListCustomersResponse>, Status> {
-        respond(CustomerApi::list_customers(self, request).await)
+platform::grpc_service! {
+    impl CustomerService for CustomerApi {
+        #[tracing::instrument(skip_all, fields(customer_id))]
+        fn register_customer(request: RegisterCustomerRequest) -> Customer;
+        #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
+        fn get_customer(request: GetCustomerRequest) -> Customer;
+        fn list_customers(request: ListCustomersRequest) -> ListCustomersResponse;
     }
 }

@@ -7,9 +7,11 @@ use dbps::inventory::v1::{
 };
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use platform::{
-    ApiError, ApiResult, Db, Page, Violations, fields::parse_sku, respond, telemetry::trace_context,
+    ApiError, ApiResult, Db, OrNotFound, Page, Violations,
+    fields::{field, parse_sku},
+    telemetry::trace_context,
 };
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use crate::{
     db::products::{self, NewProduct},
@@ -69,13 +71,12 @@ impl InventoryApi {
     }
 
     async fn get_product(&self, request: Request<GetProductRequest>) -> ApiResult<Product> {
-        let sku =
-            parse_sku(&request.get_ref().sku).map_err(|error| ApiError::invalid("sku", error))?;
+        let sku = field("sku", parse_sku(&request.get_ref().sku))?;
         let mut conn = self.db.conn().await?;
-        let row = products::find(&mut conn, sku)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("product {sku} not found")))?;
-        Ok(wire::product(row))
+        let row = products::find(&mut conn, sku).await?;
+        Ok(wire::product(
+            row.or_not_found(|| format!("product {sku}"))?,
+        ))
     }
 
     async fn list_products(
@@ -83,19 +84,11 @@ impl InventoryApi {
         request: Request<ListProductsRequest>,
     ) -> ApiResult<ListProductsResponse> {
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        let page = Page::parse_with(
-            &mut violations,
-            request.page_size,
-            &request.page_token,
-            |key| parse_sku(key).map(str::to_owned),
-        );
-        let Some(page) = page.filter(|_| violations.is_empty()) else {
-            return Err(violations.into());
-        };
+        let sku = |key: &str| parse_sku(key).map(str::to_owned);
+        let page = Page::from_request(request.page_size, &request.page_token, sku)?;
         let mut conn = self.db.conn().await?;
-        let mut rows = products::page(&mut conn, page.after.as_deref(), page.fetch()).await?;
-        let next_page_token = page.finish(&mut rows, |row| row.sku.clone());
+        let rows = products::page(&mut conn, page.after.as_deref(), page.fetch()).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.sku.clone());
         Ok(ListProductsResponse {
             products: rows.into_iter().map(wire::product).collect(),
             next_page_token,
@@ -137,36 +130,14 @@ impl InventoryApi {
     }
 }
 
-#[tonic::async_trait]
-impl InventoryService for InventoryApi {
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
-    async fn create_product(
-        &self,
-        request: Request<CreateProductRequest>,
-    ) -> Result<Response<Product>, Status> {
-        respond(InventoryApi::create_product(self, request).await)
-    }
-
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> Result<Response<Product>, Status> {
-        respond(InventoryApi::get_product(self, request).await)
-    }
-
-    async fn list_products(
-        &self,
-        request: Request<ListProductsRequest>,
-    ) -> Result<Response<ListProductsResponse>, Status> {
-        respond(InventoryApi::list_products(self, request).await)
-    }
-
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku, delta = request.get_ref().delta))]
-    async fn adjust_stock(
-        &self,
-        request: Request<AdjustStockRequest>,
-    ) -> Result<Response<Product>, Status> {
-        respond(InventoryApi::adjust_stock(self, request).await)
+platform::grpc_service! {
+    impl InventoryService for InventoryApi {
+        #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+        fn create_product(request: CreateProductRequest) -> Product;
+        #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+        fn get_product(request: GetProductRequest) -> Product;
+        fn list_products(request: ListProductsRequest) -> ListProductsResponse;
+        #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku, delta = request.get_ref().delta))]
+        fn adjust_stock(request: AdjustStockRequest) -> Product;
     }
 }

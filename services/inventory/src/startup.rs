@@ -7,12 +7,8 @@ use crate::{api::InventoryApi, events};
 
 /// Builds the inventory service on its connections and binds its port.
 pub async fn build(infra: Infra, config: Config<NoExtra>) -> anyhow::Result<App> {
-    let api = InventoryServiceServer::new(InventoryApi::new(infra.db.clone()))
-        .max_decoding_message_size(infra.settings().grpc_max_message_bytes);
-    infra
-        .server()
-        .api(api)
-        .consumer(events::consumer)
-        .bind(config.grpc_addr)
-        .await
+    let limit = infra.settings().grpc_max_message_bytes;
+    let api = InventoryServiceServer::new(InventoryApi::new(infra.db.clone()));
+    let app = infra.server().api(api.max_decoding_message_size(limit));
+    app.consumer(events::consumer).bind(config.grpc_addr).await
 }

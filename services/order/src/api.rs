@@ -14,12 +14,14 @@ use diesel::result::Error as DieselError;
 use diesel_async::{AsyncPgConnection, pooled_connection::bb8::RunError};
 use futures_util::try_join;
 use platform::{
-    ApiError, ApiResult, Db, Page, Violations, fields::parse_id, respond, telemetry::trace_context,
+    ApiError, ApiResult, Db, OrNotFound, Page, Violations,
+    fields::{field, parse_id},
+    telemetry::trace_context,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 use uuid::Uuid;
 
 use crate::{
@@ -89,10 +91,15 @@ impl OrderApi {
 
     async fn load(&self, order_id: Uuid) -> ApiResult<Order> {
         let mut conn = self.db.conn().await?;
-        let stored = orders::find(&mut conn, order_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))?;
-        Ok(wire::order(stored))
+        let stored = orders::find(&mut conn, order_id).await?;
+        Ok(wire::order(
+            stored.or_not_found(|| format!("order {order_id}"))?,
+        ))
+    }
+
+    async fn get_order(&self, request: Request<GetOrderRequest>) -> ApiResult<Order> {
+        self.load(field("order_id", parse_id(&request.get_ref().order_id))?)
+            .await
     }
 
     async fn place_order(&self, request: Request<PlaceOrderRequest>) -> ApiResult<Order> {
@@ -144,8 +151,7 @@ impl OrderApi {
         &self,
         request: Request<WatchOrderRequest>,
     ) -> ApiResult<ReceiverStream<Result<Order, Status>>> {
-        let order_id = parse_id(&request.get_ref().order_id)
-            .map_err(|error| ApiError::invalid("order_id", error))?;
+        let order_id = field("order_id", parse_id(&request.get_ref().order_id))?;
         // Subscribe before the first read, so no change can fall in between.
         let mut changes = self.watchers.subscribe(order_id);
         let first = self.load(order_id).await?;
@@ -197,8 +203,8 @@ impl OrderApi {
             return Err(violations.into());
         };
         let mut conn = self.db.conn().await?;
-        let mut rows = orders::page(&mut conn, customer_id, page.after, page.fetch()).await?;
-        let next_page_token = page.finish(&mut rows, |stored| stored.order.order_id.to_string());
+        let rows = orders::page(&mut conn, customer_id, page.after, page.fetch()).await?;
+        let (rows, next_page_token) = page.finish(rows, |stored| stored.order.order_id.to_string());
         Ok(ListOrdersResponse {
             orders: rows.into_iter().map(wire::order).collect(),
             next_page_token,
@@ -291,48 +297,18 @@ fn same_order(existing: Stored, request: &PlaceOrder) -> Result<Stored, PlaceErr
     }
 }
 
-#[tonic::async_trait]
-impl OrderService for OrderApi {
-    type WatchOrderStream = ReceiverStream<Result<Order, Status>>;
+platform::grpc_service! {
+    impl OrderService for OrderApi {
+        type WatchOrderStream = ReceiverStream<Result<Order, Status>>;
 
-    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id, order_id))]
-    async fn place_order(
-        &self,
-        request: Request<PlaceOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
-        respond(OrderApi::place_order(self, request).await)
-    }
-
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
-    async fn get_order(
-        &self,
-        request: Request<GetOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
-        let order_id = parse_id(&request.get_ref().order_id)
-            .map_err(|error| ApiError::invalid("order_id", error));
-        respond(async { self.load(order_id?).await }.await)
-    }
-
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
-    async fn cancel_order(
-        &self,
-        request: Request<CancelOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
-        respond(OrderApi::cancel_order(self, request).await)
-    }
-
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
-    async fn watch_order(
-        &self,
-        request: Request<WatchOrderRequest>,
-    ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        respond(OrderApi::watch_order(self, request).await)
-    }
-
-    async fn list_orders(
-        &self,
-        request: Request<ListOrdersRequest>,
-    ) -> Result<Response<ListOrdersResponse>, Status> {
-        respond(OrderApi::list_orders(self, request).await)
+        #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id, order_id))]
+        fn place_order(request: PlaceOrderRequest) -> Order;
+        #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+        fn get_order(request: GetOrderRequest) -> Order;
+        #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+        fn cancel_order(request: CancelOrderRequest) -> Order;
+        #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+        fn watch_order(request: WatchOrderRequest) -> Self::WatchOrderStream;
+        fn list_orders(request: ListOrdersRequest) -> ListOrdersResponse;
     }
 }

@@ -130,6 +130,18 @@ impl From<Violations> for ApiError {
     }
 }
 
+/// `NOT_FOUND` for a lookup that found nothing.
+pub trait OrNotFound<T> {
+    /// The value, or `NOT_FOUND`: "`what` not found".
+    fn or_not_found(self, what: impl FnOnce() -> String) -> ApiResult<T>;
+}
+
+impl<T> OrNotFound<T> for Option<T> {
+    fn or_not_found(self, what: impl FnOnce() -> String) -> ApiResult<T> {
+        self.ok_or_else(|| ApiError::NotFound(format!("{} not found", what())))
+    }
+}
+
 /// What a handler body returns.
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -137,6 +149,47 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// so failures map to status codes in one place.
 pub fn respond<T>(result: ApiResult<T>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(Status::from)
+}
+
+/// Implements a tonic service trait for an API type by handing each call to
+/// the API's inherent method of the same name, a body returning
+/// [`ApiResult`], and answering through [`respond`]. Attributes (such as
+/// `#[tracing::instrument]`) go on the generated methods; associated types
+/// (a streaming call's stream) are passed through.
+///
+/// ```ignore
+/// platform::grpc_service! {
+///     impl CustomerService for CustomerApi {
+///         #[tracing::instrument(skip_all)]
+///         fn get_customer(request: GetCustomerRequest) -> Customer;
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! grpc_service {
+    (
+        impl $service:ident for $api:ty {
+            $(type $assoc:ident = $assoc_ty:ty;)*
+            $(
+                $(#[$attr:meta])*
+                fn $method:ident($request:ident: $message:ty) -> $answer:ty;
+            )*
+        }
+    ) => {
+        #[::tonic::async_trait]
+        impl $service for $api {
+            $(type $assoc = $assoc_ty;)*
+            $(
+                $(#[$attr])*
+                async fn $method(
+                    &self,
+                    $request: ::tonic::Request<$message>,
+                ) -> ::std::result::Result<::tonic::Response<$answer>, ::tonic::Status> {
+                    $crate::respond(<$api>::$method(self, $request).await)
+                }
+            )*
+        }
+    };
 }
 
 #[cfg(test)]

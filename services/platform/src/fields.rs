@@ -41,6 +41,11 @@ impl Violations {
     }
 }
 
+/// The value of a request's one field, or `INVALID_ARGUMENT` naming it.
+pub fn field<T, E: std::fmt::Display>(name: &str, parsed: Result<T, E>) -> crate::ApiResult<T> {
+    parsed.map_err(|error| crate::ApiError::invalid(name, error.to_string()))
+}
+
 /// Parses an ID field: a UUID in its canonical text form.
 pub fn parse_id(text: &str) -> Result<uuid::Uuid, &'static str> {
     if text.is_empty() {

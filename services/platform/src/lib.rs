@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use app::{App, Infra};
 pub use config::{Command, Config, NoCommand, NoExtra, ServiceSpec, Settings};
 pub use db::Db;
-pub use error::{ApiError, ApiResult, respond};
+pub use error::{ApiError, ApiResult, OrNotFound, respond};
 pub use fields::Violations;
 pub use paging::Page;
 

@@ -5,7 +5,7 @@ use std::fmt::Display;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::fields::Violations;
+use crate::{ApiResult, fields::Violations};
 
 /// Page size when the request says 0.
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
@@ -63,23 +63,35 @@ impl<K> Page<K> {
         })
     }
 
+    /// [`Page::parse_with`] for a call whose only fields are the page's:
+    /// its violations as `INVALID_ARGUMENT`.
+    pub fn from_request<E: Display>(
+        page_size: i32,
+        page_token: &str,
+        parse_key: impl FnOnce(&str) -> Result<K, E>,
+    ) -> ApiResult<Page<K>> {
+        let mut violations = Violations::new();
+        match Page::parse_with(&mut violations, page_size, page_token, parse_key) {
+            Some(page) if violations.is_empty() => Ok(page),
+            _ => Err(violations.into()),
+        }
+    }
+
     /// Rows to fetch: one more than the page, to learn whether another follows.
     pub fn fetch(&self) -> i64 {
         self.size + 1
     }
 
-    /// `next_page_token` for `rows` fetched with [`Page::fetch`]: trims the
-    /// extra row and returns the token if there was one.
-    pub fn finish<T>(&self, rows: &mut Vec<T>, key: impl Fn(&T) -> String) -> String {
+    /// The page of `rows` fetched with [`Page::fetch`] (the extra row
+    /// trimmed) and its `next_page_token` (empty on the last page).
+    pub fn finish<T>(&self, mut rows: Vec<T>, key: impl Fn(&T) -> String) -> (Vec<T>, String) {
         let limit = usize::try_from(self.size).unwrap_or(usize::MAX);
-        if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last()
-                .map(|row| token_after(&key(row)))
-                .unwrap_or_default()
-        } else {
-            String::new()
+        if rows.len() <= limit {
+            return (rows, String::new());
         }
+        rows.truncate(limit);
+        let token = rows.last().map(|row| token_after(&key(row)));
+        (rows, token.unwrap_or_default())
     }
 }
 

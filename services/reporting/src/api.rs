@@ -9,10 +9,9 @@ use dbps::reporting::v1::{
 use platform::{
     ApiError, ApiResult, Page, Violations,
     db::PgPool,
-    fields::{parse_id, parse_sku},
-    respond,
+    fields::{field, parse_id, parse_sku},
 };
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use crate::{
     compose::Composer,
@@ -57,8 +56,8 @@ impl ReportingApi {
         };
         let mut conn = self.pool.get().await?;
         let customer = customers::find(&mut conn, customer_id).await?;
-        let mut history = orders::history(&mut conn, customer_id, page.after, page.fetch()).await?;
-        let next_page_token = page.finish(&mut history, |order| order.order_id.to_string());
+        let history = orders::history(&mut conn, customer_id, page.after, page.fetch()).await?;
+        let (history, next_page_token) = page.finish(history, |order| order.order_id.to_string());
         // Orders can arrive before their customer's registration.
         let Some(customer) = customer.or_else(|| {
             (!history.is_empty()).then(|| customers::CustomerView {
@@ -79,8 +78,7 @@ impl ReportingApi {
         &self,
         request: Request<GetSalesBySkuRequest>,
     ) -> ApiResult<SkuSales> {
-        let sku =
-            parse_sku(&request.get_ref().sku).map_err(|error| ApiError::invalid("sku", error))?;
+        let sku = field("sku", parse_sku(&request.get_ref().sku))?;
         let mut conn = self.pool.get().await?;
         let sales = products::sales(&mut conn, sku)
             .await?
@@ -113,42 +111,19 @@ impl ReportingApi {
         &self,
         request: Request<GetCustomerOverviewRequest>,
     ) -> ApiResult<CustomerOverview> {
-        let customer_id = parse_id(&request.get_ref().customer_id)
-            .map_err(|error| ApiError::invalid("customer_id", error))?;
+        let customer_id = field("customer_id", parse_id(&request.get_ref().customer_id))?;
         self.composer.overview(customer_id).await
     }
 }
 
-#[tonic::async_trait]
-impl ReportingService for ReportingApi {
-    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
-    async fn get_customer_order_history(
-        &self,
-        request: Request<GetCustomerOrderHistoryRequest>,
-    ) -> Result<Response<CustomerOrderHistory>, Status> {
-        respond(ReportingApi::get_customer_order_history(self, request).await)
-    }
-
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
-    async fn get_sales_by_sku(
-        &self,
-        request: Request<GetSalesBySkuRequest>,
-    ) -> Result<Response<SkuSales>, Status> {
-        respond(ReportingApi::get_sales_by_sku(self, request).await)
-    }
-
-    async fn list_top_products(
-        &self,
-        request: Request<ListTopProductsRequest>,
-    ) -> Result<Response<ListTopProductsResponse>, Status> {
-        respond(ReportingApi::list_top_products(self, request).await)
-    }
-
-    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
-    async fn get_customer_overview(
-        &self,
-        request: Request<GetCustomerOverviewRequest>,
-    ) -> Result<Response<CustomerOverview>, Status> {
-        respond(ReportingApi::get_customer_overview(self, request).await)
+platform::grpc_service! {
+    impl ReportingService for ReportingApi {
+        #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
+        fn get_customer_order_history(request: GetCustomerOrderHistoryRequest) -> CustomerOrderHistory;
+        #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+        fn get_sales_by_sku(request: GetSalesBySkuRequest) -> SkuSales;
+        fn list_top_products(request: ListTopProductsRequest) -> ListTopProductsResponse;
+        #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
+        fn get_customer_overview(request: GetCustomerOverviewRequest) -> CustomerOverview;
     }
 }
