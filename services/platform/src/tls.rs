@@ -40,7 +40,7 @@ pub fn server(settings: &Settings) -> anyhow::Result<Option<ServerTlsConfig>> {
     };
     let mut config = ServerTlsConfig::new().identity(identity);
     if let Some(ca) = &settings.grpc_tls_client_ca {
-        let _ = Certificate::from_pem(read(ca)?);
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(Some(config))
 }
