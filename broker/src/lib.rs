@@ -25,9 +25,13 @@
 //! * [`pg`]: connections pinned to a schema, the outbox/inbox migrations.
 //! * [`supervise`]: the one backoff and restart loop of every long-lived task.
 //! * [`dlq`]: browsing, replaying and dropping dead-lettered messages.
+//! * `error`: [`BrokerError`]; `metrics`: the relay's and consumers' Prometheus
+//!   series; `schema`: the diesel tables `outbox` and `inbox` (generated).
 //!
 //! Delivery is at least once by construction; effects are exactly once because
 //! the inbox row and the handler's writes commit together.
+
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod amqp;
 pub mod consumer;

@@ -16,7 +16,7 @@ pub(crate) struct RelayMetrics {
 }
 
 impl RelayMetrics {
-    pub fn new(service: &str) -> Self {
+    pub(crate) fn new(service: &str) -> Self {
         RelayMetrics {
             published: metrics::counter!(format!("{service}_relay_published_total")),
             failed: metrics::counter!(format!("{service}_relay_failed_total")),
@@ -46,7 +46,7 @@ pub(crate) struct ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
-    pub fn new(service: &str, source: &str) -> Self {
+    pub(crate) fn new(service: &str, source: &str) -> Self {
         let deliveries = format!("{service}_consumer_deliveries_total");
         let outcome = |outcome: &'static str| metrics::counter!(deliveries.clone(), "source" => source.to_owned(), "outcome" => outcome);
         ConsumerMetrics {
@@ -69,7 +69,7 @@ pub(crate) struct QueueGauges {
 }
 
 impl QueueGauges {
-    pub fn new(service: &str, source: &str) -> Self {
+    pub(crate) fn new(service: &str, source: &str) -> Self {
         QueueGauges {
             ready: metrics::gauge!(format!("{service}_queue_messages_ready"), "source" => source.to_owned()),
             consumers: metrics::gauge!(format!("{service}_queue_consumers"), "source" => source.to_owned()),
@@ -77,7 +77,7 @@ impl QueueGauges {
     }
 
     /// The depth of `service`'s dead-letter queue.
-    pub fn dead_letters(service: &str) -> Gauge {
+    pub(crate) fn dead_letters(service: &str) -> Gauge {
         metrics::gauge!(format!("{service}_dlq_messages"))
     }
 }

@@ -11,13 +11,22 @@ use rcgen::{
 
 /// PEM files of one test's certificates.
 pub struct Pki {
+    /// The directory of every file below; the test removes it.
     pub dir: PathBuf,
+    /// The test CA's certificate.
     pub ca: PathBuf,
+    /// Signed by the CA for `localhost` / `127.0.0.1`, for server and client
+    /// authentication: a service's certificate, both as server and as client.
     pub server_cert: PathBuf,
+    /// Private key of `server_cert`.
     pub server_key: PathBuf,
+    /// Signed by the CA, for client authentication only.
     pub client_cert: PathBuf,
+    /// Private key of `client_cert`.
     pub client_key: PathBuf,
+    /// A client certificate of the rogue CA, which nothing trusts.
     pub rogue_cert: PathBuf,
+    /// Private key of `rogue_cert`.
     pub rogue_key: PathBuf,
 }
 

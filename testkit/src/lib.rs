@@ -6,10 +6,15 @@
 //!   as its binary would (bootstrap, migrations, relay, consumers) and waits
 //!   until it reports SERVING.
 //! * [`eventually`]: polls a condition until a deadline instead of sleeping.
+//! * [`stack`]: the four services as release binaries in processes, for the
+//!   bench and the fault suite.
+//! * [`certs`]: a throwaway CA and certificates for the TLS tests.
 //!
 //! `TEST_ADMIN_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! and `TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`) say where
 //! the servers are.
+
+#![warn(missing_docs, unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -20,10 +25,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// Every service name, for tearing down whatever a test declared.
 pub mod certs;
 pub mod stack;
 
+/// Every service name, for tearing down whatever a test declared.
 const SERVICES: &[&str] = &["order", "customer", "inventory", "reporting"];
 
 /// Superuser URL of the maintenance database.

@@ -56,8 +56,12 @@ pub const SERVICES: [&str; 4] = ["customer", "inventory", "order", "reporting"];
 
 /// One scenario's running system.
 pub struct Stack {
+    /// The scenario's database (`dbps_<kind>_<scenario>`).
     pub database: String,
+    /// AMQP prefix of its exchanges and queues
+    /// (`<kind>-<scenario>-<8 random hex digits>`).
     pub prefix: String,
+    /// gRPC port of each service, by service name.
     pub ports: BTreeMap<&'static str, u16>,
     options: StackOptions,
     logs: PathBuf,
@@ -117,6 +121,7 @@ impl Stack {
         }
     }
 
+    /// RabbitMQ URL the services connect to.
     pub fn amqp_url(&self) -> &str {
         &self.options.amqp_url
     }

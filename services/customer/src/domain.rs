@@ -77,7 +77,11 @@ pub enum PointsEvent {
 /// taken back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ledger {
+    /// Points the order earned ([`points_for`] its total); 0 while only
+    /// its reversal has been seen.
     pub credited: i64,
+    /// Whether the order was rejected or cancelled: the credit is taken
+    /// back, or never moves the balance if the reversal came first.
     pub reversed: bool,
 }
 

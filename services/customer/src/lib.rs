@@ -11,6 +11,8 @@
 //! * [`db`]: diesel schema and queries; [`startup`] wires it all to the
 //!   shared plumbing in `platform`.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod api;
 pub mod db;
 pub mod domain;

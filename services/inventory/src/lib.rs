@@ -10,6 +10,8 @@
 //! * [`wire`]: stored products and stock decisions as `inventory.v1` messages.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod api;
 pub mod db;
 pub mod domain;

@@ -110,15 +110,21 @@ pub fn parse_reason(raw: &str) -> Result<String, String> {
 /// One requested line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineItem {
+    /// A valid SKU, on no other line of the order.
     pub sku: String,
+    /// Units, 1 to [`MAX_QUANTITY`].
     pub quantity: i32,
 }
 
 /// A valid `PlaceOrder` request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlaceOrder {
+    /// Who places the order.
     pub customer_id: Uuid,
+    /// 1 to [`MAX_LINES`] lines, in request order.
     pub lines: Vec<LineItem>,
+    /// The client's key, if it sent one: at most [`MAX_IDEMPOTENCY_KEY`]
+    /// bytes, without control characters.
     pub idempotency_key: Option<String>,
 }
 
@@ -174,8 +180,11 @@ impl PlaceOrder {
 /// A line with its price.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PricedLine {
+    /// The requested line's SKU.
     pub sku: String,
+    /// The requested line's units.
     pub quantity: i32,
+    /// Price of one unit in the catalog replica, in cents.
     pub unit_price_cents: i64,
 }
 

@@ -12,6 +12,8 @@
 //! * [`wire`]: stored orders as `order.v1` messages, for the API and events.
 //! * [`db`]: diesel schema and queries; [`startup`] wires it to `platform`.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod api;
 pub mod db;
 pub mod domain;

@@ -40,9 +40,14 @@ pub enum Outcome {
 /// cancellations; the event it writes continues `trace`.
 #[derive(Clone, Copy, Debug)]
 pub struct Move<'a> {
+    /// The order to move.
     pub order_id: Uuid,
+    /// What happens to it.
     pub transition: Transition,
+    /// The order's status reason if it moves, carried by `order.rejected`
+    /// and `order.cancelled`; empty for an approval.
     pub reason: &'a str,
+    /// The trace of the request or event that causes the move.
     pub trace: &'a TraceContext,
 }
 

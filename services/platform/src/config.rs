@@ -48,6 +48,7 @@ pub enum Command<S: Subcommand = NoCommand> {
     /// Run only the outbox relay, as a process of its own (serve the rest with
     /// --run-relay false). Several may run: one publishes, the others stand by.
     Relay,
+    /// A command only this service has (reporting's `rebuild`).
     #[command(flatten)]
     Service(S),
 }
@@ -60,6 +61,7 @@ pub enum NoCommand {}
 /// service has.
 #[derive(Clone, Debug, Parser)]
 pub struct Config<X: Args = NoExtra, S: Subcommand = NoCommand> {
+    /// What to do; none given: `serve`.
     #[command(subcommand)]
     pub command: Option<Command<S>>,
 
@@ -76,9 +78,11 @@ pub struct Config<X: Args = NoExtra, S: Subcommand = NoCommand> {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
+    /// The settings every service has.
     #[command(flatten)]
     pub settings: Settings,
 
+    /// The settings only this service has.
     #[command(flatten)]
     pub extra: X,
 }

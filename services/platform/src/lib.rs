@@ -24,6 +24,8 @@
 //!      ─► build: api + consumer ─► App::run (serve, relay, consume) ─► signal ─► drain
 //! ```
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod app;
 pub mod bootstrap;
 pub mod config;

@@ -13,6 +13,8 @@
 //! * [`config`]: where the other services are; [`db`], [`startup`] as in
 //!   every service.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod api;
 pub mod compose;
 pub mod config;

@@ -16,10 +16,15 @@ use super::schema::customers;
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = customers)]
 pub struct Customer {
+    /// UUIDv7, so the ID order is the registration order.
     pub customer_id: Uuid,
+    /// Display name: 1 to 200 printable characters, trimmed.
     pub name: String,
+    /// Lower-cased address, unique among customers.
     pub email: String,
+    /// Points balance: credits of orders not reversed. Never negative.
     pub loyalty_points: i64,
+    /// When the customer registered.
     pub created_at: DateTime<Utc>,
 }
 
@@ -65,7 +70,10 @@ pub async fn page(
 /// A customer's points balance and its version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Queryable)]
 pub struct Points {
+    /// Points held (`loyalty_points`). Never negative.
     pub balance: i64,
+    /// Grows by one with every move of the balance (`points_version`);
+    /// carried by `customer.points_changed`.
     pub version: i64,
 }
 
@@ -98,8 +106,11 @@ pub async fn lock_all(
 /// `changes` steps, each bumping the balance's version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PointsChange {
+    /// The customer whose balance moves.
     pub customer_id: Uuid,
+    /// Points added to the balance; negative takes points back.
     pub delta: i64,
+    /// Moves summed into `delta`: what the version grows by.
     pub changes: i64,
 }
 

@@ -16,12 +16,21 @@ use crate::domain::MAX_STOCK;
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = products)]
 pub struct Product {
+    /// Key: 1 to 64 of `A-Z a-z 0-9 - _ .`.
     pub sku: String,
+    /// Display name: 1 to 200 printable characters, trimmed.
     pub name: String,
+    /// Price of one unit, in cents (0 to `MAX_PRICE_CENTS`).
     pub price_cents: i64,
+    /// Units that can be ordered (0 to [`MAX_STOCK`]).
     pub available: i64,
+    /// Units held for reserved orders, until a cancellation releases them.
+    /// Never negative.
     pub reserved: i64,
+    /// Grows by one with every change; carried by `product.changed` so that
+    /// replicas can ignore stale states.
     pub version: i64,
+    /// When the product was created or its stock last moved.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -29,9 +38,13 @@ pub struct Product {
 #[derive(Insertable)]
 #[diesel(table_name = products)]
 pub struct NewProduct<'a> {
+    /// A valid SKU, not yet taken.
     pub sku: &'a str,
+    /// A valid display name, trimmed.
     pub name: &'a str,
+    /// Price of one unit, in cents.
     pub price_cents: i64,
+    /// Initial stock, in units; none is reserved and the version starts at 1.
     pub available: i64,
 }
 

@@ -104,9 +104,14 @@ pub async fn lock_all(
 /// What was decided for one order (and the held lines, for a reservation).
 #[derive(Clone, Debug)]
 pub struct Decision {
+    /// The order, whose row this transaction claimed or locked.
     pub order_id: Uuid,
+    /// What was decided: reserved, rejected or released.
     pub status: Status,
+    /// Why: the shortage of a rejection, the cancellation's reason of a
+    /// release; empty for a reservation.
     pub reason: String,
+    /// (SKU, units) held by a reservation; empty for any other decision.
     pub lines: Vec<(String, i32)>,
 }
 

@@ -19,13 +19,23 @@ use super::schema::{order_lines, orders};
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = orders)]
 pub struct OrderRow {
+    /// UUIDv7, so the ID order is the placing order.
     pub order_id: Uuid,
+    /// Who placed it: a customer known from `customer.registered`.
     pub customer_id: Uuid,
+    /// An [`OrderStatus`](crate::domain::OrderStatus) in its database
+    /// spelling (`PENDING`, `APPROVED`, `REJECTED`, `CANCELLED`).
     pub status: String,
+    /// Why it was rejected or cancelled; empty while pending or approved.
     pub status_reason: String,
+    /// Sum over the lines of quantity × unit price, in cents.
     pub total_cents: i64,
+    /// Chosen by the client: the same key of the same customer returns this
+    /// order instead of placing another.
     pub idempotency_key: Option<String>,
+    /// When it was placed.
     pub created_at: DateTime<Utc>,
+    /// When its status last changed (at first, when it was placed).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -33,17 +43,24 @@ pub struct OrderRow {
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = order_lines)]
 pub struct LineRow {
+    /// The order it belongs to.
     pub order_id: Uuid,
+    /// Position in the request, from 0.
     pub line_no: i32,
+    /// What was ordered; no other line of the order has it.
     pub sku: String,
+    /// Units, 1 to `MAX_QUANTITY`.
     pub quantity: i32,
+    /// Price of one unit in the catalog when the order was placed, in cents.
     pub unit_price_cents: i64,
 }
 
 /// An order with its lines in line order.
 #[derive(Clone, Debug)]
 pub struct Order {
+    /// The order itself.
     pub order: OrderRow,
+    /// Its lines, by `line_no`.
     pub lines: Vec<LineRow>,
 }
 

@@ -49,10 +49,16 @@ pub async fn customer_exists(conn: &AsyncPgConnection, customer_id: Uuid) -> Que
 #[derive(Insertable)]
 #[diesel(table_name = catalog)]
 pub struct CatalogEntry<'a> {
+    /// The product.
     pub sku: &'a str,
+    /// Display name.
     pub name: &'a str,
+    /// Price of one unit, in cents: what new orders are priced at.
     pub price_cents: i64,
+    /// Inventory's version of the product: only a higher one replaces the
+    /// entry held.
     pub version: i64,
+    /// When inventory changed the product.
     pub updated_at: DateTime<Utc>,
 }
 

@@ -12,9 +12,15 @@ use super::schema::customer_view;
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = customer_view)]
 pub struct CustomerView {
+    /// The customer.
     pub customer_id: Uuid,
+    /// As registered; empty until `customer.registered` is applied.
     pub name: String,
+    /// As registered (lower-cased); empty until `customer.registered` is
+    /// applied.
     pub email: String,
+    /// The balance of the newest `customer.points_changed` applied; 0 before
+    /// any.
     pub loyalty_points: i64,
 }
 

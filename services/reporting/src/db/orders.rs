@@ -20,28 +20,45 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = order_view)]
 pub struct OrderView {
+    /// UUIDv7, so the ID order is the placing order.
     pub order_id: Uuid,
+    /// The furthest status its events reached (statuses only move
+    /// forward): `PENDING`, `APPROVED`, `REJECTED` or `CANCELLED`.
     pub status: String,
+    /// Why it was rejected or cancelled; empty otherwise.
     pub status_reason: String,
+    /// Inventory's answer: `RESERVED` or `REJECTED`, then maybe `RELEASED`;
+    /// empty before any.
     pub stock: String,
+    /// In cents; `None` until `order.created` is applied.
     pub total_cents: Option<i64>,
+    /// Number of lines; `None` until `order.created` is applied.
     pub line_count: Option<i32>,
+    /// When it was placed; `None` until `order.created` is applied.
     pub created_at: Option<DateTime<Utc>>,
 }
 
 /// One line of `order.created`.
 pub struct Line<'a> {
+    /// What was ordered; no other line of the order has it.
     pub sku: &'a str,
+    /// Units ordered.
     pub quantity: i32,
+    /// Price of one unit when the order was placed, in cents.
     pub unit_price_cents: i64,
 }
 
 /// What one `order.created` says.
 pub struct Created<'a> {
+    /// The order.
     pub order_id: Uuid,
+    /// Who placed it.
     pub customer_id: Uuid,
+    /// Sum over the lines of quantity × unit price, in cents.
     pub total_cents: i64,
+    /// When it was placed, if the event says.
     pub created_at: Option<DateTime<Utc>>,
+    /// Its lines, in order.
     pub lines: Vec<Line<'a>>,
 }
 

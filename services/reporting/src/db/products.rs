@@ -11,11 +11,18 @@ use super::schema::{product_view, sales_by_sku};
 #[derive(Insertable)]
 #[diesel(table_name = product_view)]
 pub struct ProductState<'a> {
+    /// The product.
     pub sku: &'a str,
+    /// Display name.
     pub name: &'a str,
+    /// Price of one unit, in cents.
     pub price_cents: i64,
+    /// Units that could be ordered.
     pub available: i64,
+    /// Units held for reserved orders.
     pub reserved: i64,
+    /// Inventory's version of the product: only a higher one replaces the
+    /// state held.
     pub version: i64,
 }
 
@@ -58,8 +65,12 @@ pub async fn changed_all(
 /// Sales moved by orders starting or stopping to count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SalesDelta {
+    /// Units sold; negative when orders stop counting.
     pub units: i64,
+    /// Revenue, in cents (units × unit price); negative when orders stop
+    /// counting.
     pub revenue_cents: i64,
+    /// Orders that start counting, less those that stop.
     pub orders: i64,
 }
 
@@ -100,10 +111,15 @@ pub async fn count_sales(
 /// A SKU's sales and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sales {
+    /// The SKU.
     pub sku: String,
+    /// From its newest product state; empty if none is known here.
     pub name: String,
+    /// Units sold by approved orders that were not cancelled.
     pub units: i64,
+    /// Their revenue, in cents, at the prices the orders were placed at.
     pub revenue_cents: i64,
+    /// Approved orders, not cancelled, with a line of the SKU.
     pub orders: i64,
 }
 
