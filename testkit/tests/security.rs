@@ -24,6 +24,7 @@ use dbps::{
 use diesel::{QueryableByName, sql_types::Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use testkit::{Running, TestEnv, certs::Pki, eventually};
+use tokio_rustls::rustls::{self, AlertDescription, ContentType};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
@@ -335,7 +336,26 @@ fn tls_client(
     config
 }
 
-async fn ask(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Code, String> {
+/// Why a call did not get an answer: where it failed (`connect`: opening
+/// the channel; `call`: the request, with its gRPC code), and every error
+/// of the chain, outermost first, in their `Debug` and `Display` forms.
+/// How a call through [`ask`] failed.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// No channel: nothing listening, or the connection failed while opening.
+    Connect(String),
+    /// The channel opened and the call failed: its code, whether the status
+    /// stands for a transport failure (the connection broke under the call,
+    /// no answer from the server) rather than one the server sent, and the
+    /// status.
+    Call {
+        code: Code,
+        transport: bool,
+        status: String,
+    },
+}
+
+async fn ask(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Code, Refusal> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))
         .unwrap()
@@ -346,7 +366,7 @@ async fn ask(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> Result
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("connect: {e:?}"))?;
+        .map_err(|e| Refusal::Connect(format!("{e:?}")))?;
     let request = GetCustomerRequest {
         customer_id: uuid::Uuid::now_v7().to_string(),
     };
@@ -356,8 +376,98 @@ async fn ask(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> Result
     {
         Ok(_) => Ok(Code::Ok),
         Err(status) if status.code() == Code::NotFound => Ok(Code::NotFound),
-        Err(status) => Err(format!("{status:?}")),
+        Err(status) => Err(Refusal::Call {
+            code: status.code(),
+            transport: std::error::Error::source(&status)
+                .is_some_and(|source| source.is::<tonic::transport::Error>()),
+            status: format!("{status:?}"),
+        }),
     }
+}
+
+/// The TLS alert the peer ended the connection with, if `error` (or one of
+/// its causes, or the error an `io::Error` among them wraps) says so.
+fn tls_alert(error: &(dyn std::error::Error + 'static)) -> Option<AlertDescription> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(error), wrapped].into_iter().flatten() {
+            if let Some(rustls::Error::AlertReceived(alert)) =
+                candidate.downcast_ref::<rustls::Error>()
+            {
+                return Some(*alert);
+            }
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// A TLS handshake with the server at `addr` (trusting the test CA, showing
+/// `identity` if given), then a read, writing nothing: the server's verdict
+/// on the client certificate comes after the client's last handshake message
+/// (TLS 1.3), so the read is what sees a refusal. `Ok` if the server keeps
+/// the connection open for 5 s.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls::pki_types::{
+        CertificateDer, PrivateKeyDer, ServerName, pem::PemObject,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&pki.ca).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut byte)).await {
+        Ok(read) => read.map(|_| ()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Whether the handshake was refused with `alert`.
+fn refused_with(handshake: &std::io::Result<()>, alert: AlertDescription) -> bool {
+    handshake
+        .as_ref()
+        .is_err_and(|error| tls_alert(error) == Some(alert))
+}
+
+/// What the server at `addr` answers to the HTTP/2 preface in plain text,
+/// until it closes the connection (at most 5 s).
+async fn plain_reply(addr: std::net::SocketAddr) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut reply)).await??;
+    Ok(reply)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,6 +494,7 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
             c::startup::build,
         )
         .await;
+    let rogue = Some((pki.rogue_cert.as_path(), pki.rogue_key.as_path()));
 
     // A client with a certificate the CA signed is served.
     let good = ask(
@@ -392,23 +503,50 @@ async fn mutual_tls_refuses_clients_without_a_valid_certificate() {
     )
     .await;
     assert_eq!(good, Ok(Code::NotFound));
-    // Without a certificate, with one from another CA, or in plain text: refused.
+
+    // Without a certificate, with one from another CA, or in plain text, a
+    // gRPC client gets its connection accepted and then dropped: the call
+    // fails in transport, without any answer from the server.
+    for (what, tls) in [
+        ("no client certificate", Some(tls_client(&pki, None))),
+        ("rogue CA", Some(tls_client(&pki, rogue))),
+        ("plain text", None),
+    ] {
+        let refused = ask(running.addr, tls).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Refusal::Call {
+                    transport: true,
+                    ..
+                })
+            ),
+            "{what}: {refused:?}"
+        );
+    }
+    // Why is a race in that client (its request may be written into the
+    // closing connection: a broken pipe); the handshake alone shows the
+    // server's verdict, a TLS alert naming what is wrong.
+    let refused = handshake(running.addr, &pki, None).await;
     assert!(
-        ask(running.addr, Some(tls_client(&pki, None)))
-            .await
-            .is_err(),
-        "no client certificate"
+        refused_with(&refused, AlertDescription::CertificateRequired),
+        "no client certificate: {refused:?}"
+    );
+    let refused = handshake(running.addr, &pki, rogue).await;
+    assert!(
+        refused_with(&refused, AlertDescription::UnknownCA),
+        "rogue CA: {refused:?}"
+    );
+    // Plain text is answered in TLS: one alert record, fatal, decode_error.
+    let reply = plain_reply(running.addr).await;
+    let (alert, decode_error) = (
+        u8::from(ContentType::Alert),
+        u8::from(AlertDescription::DecodeError),
     );
     assert!(
-        ask(
-            running.addr,
-            Some(tls_client(&pki, Some((&pki.rogue_cert, &pki.rogue_key))))
-        )
-        .await
-        .is_err(),
-        "rogue CA"
+        matches!(reply.as_deref(), Ok(&[record, 3, _, 0, 2, 2, what]) if record == alert && what == decode_error),
+        "plain text: {reply:?}"
     );
-    assert!(ask(running.addr, None).await.is_err(), "plain text");
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
 
@@ -499,9 +637,11 @@ async fn amqps_with_a_client_certificate_connects_and_without_one_is_refused() {
         ca_pem: Some(ca_pem),
         identity: None,
     });
-    assert!(
-        anonymous.channel().await.is_err(),
-        "without a client certificate the handshake fails"
+    let refused = anonymous.channel().await.err();
+    assert_eq!(
+        refused.as_ref().and_then(|error| tls_alert(error)),
+        Some(AlertDescription::CertificateRequired),
+        "without a client certificate the front refuses the handshake: {refused:?}"
     );
     let _ = std::fs::remove_dir_all(&pki.dir);
 }

@@ -223,9 +223,20 @@ async fn a_late_reservation_of_a_cancelled_order_is_released_not_resurrected() {
     system.wait_stock("DESK", 1, 1).await; // the warm-up order still holds one
 }
 
+/// Two inventory replicas compete for `order.created` (no single active
+/// consumer), each taking one delivery at a time, so reservations of the same
+/// SKU run in concurrent transactions: only the products' row locks keep them
+/// from deciding on the same stock.
 #[tokio::test(flavor = "multi_thread")]
 async fn sixty_four_orders_for_ten_units_approve_exactly_ten() {
-    let system = System::start(Deployment::SharedDatabase).await;
+    const FLAGS: &[&str] = &[
+        "--consumer-single-active",
+        "false",
+        "--consumer-prefetch",
+        "1",
+    ];
+    let system = System::start_flagged(Deployment::SharedDatabase, FLAGS).await;
+    let _second_inventory = system.spawn_replica(INVENTORY, &[]).await;
     let customer = system.customer("rush@example.com").await;
     system.product("GPU", 100, 10).await;
     system.product("WARM", 1, 1).await;
