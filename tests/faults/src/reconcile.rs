@@ -193,14 +193,13 @@ pub async fn dead_letters(
     amqp: &broker::Amqp,
     prefix: &str,
 ) -> anyhow::Result<BTreeMap<String, u32>> {
-    let channel = amqp.channel().await?;
     let mut counts = BTreeMap::new();
     for consumer in SERVICES {
         let queue = broker::topology::dead_letter_queue(prefix, consumer);
-        let (ready, _consumers) = broker::topology::queue_depth(&channel, &queue).await?;
-        counts.insert(consumer.to_owned(), ready);
+        // A consumer that never started has no dead-letter queue: none.
+        let ready = broker::dlq::message_count(amqp, &queue).await?;
+        counts.insert(consumer.to_owned(), ready.unwrap_or(0));
     }
-    let _ = channel.close(200, "checked".into()).await;
     Ok(counts)
 }
 
