@@ -24,12 +24,14 @@ use dbps::order::v1::order_service_client::OrderServiceClient;
 use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use hdrhistogram::Histogram;
-use testkit::stack::{SERVICES, Stack};
+use testkit::{
+    stack::{SERVICES, Stack},
+    workload::{Orders, World},
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    Options, Results,
-    setup::{self, Lcg, World},
+    Options, Results, setup,
     throughput::{self, round, round2},
 };
 
@@ -212,12 +214,12 @@ async fn step(
     let started = Instant::now();
     let sending = std::sync::atomic::AtomicBool::new(true);
     let sender = async {
-        let mut rng = Lcg(u64::from(rate));
+        let mut orders = Orders::seeded(u64::from(rate));
         let mut tasks = Vec::with_capacity(total as usize);
         for i in 0..total {
             let scheduled = started + interval.mul_f64(i as f64);
             tokio::time::sleep_until(scheduled.into()).await;
-            let (mut client, request) = (client.clone(), setup::order(world, &mut rng));
+            let (mut client, request) = (client.clone(), orders.draw(world));
             tasks.push(tokio::spawn(async move {
                 let placed = client.place_order(request).await;
                 (placed.is_ok(), scheduled.elapsed())

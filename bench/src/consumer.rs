@@ -15,17 +15,13 @@ use diesel::{
     sql_types::{BigInt, Double},
 };
 use diesel_async::RunQueryDsl;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::StreamExt;
 use lapin::{
-    BasicProperties,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeleteOptions,
-    },
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions},
     types::FieldTable,
 };
 use prost::Message;
-use testkit::stack::Stack;
+use testkit::{stack::Stack, workload};
 
 use crate::{Options, Results, report, setup, throughput::round2};
 
@@ -77,7 +73,13 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
         })
         .collect();
     let exchange = broker::topology::exchange(&stack.prefix, "order");
-    publish(&stack, &exchange, OrderCreated::TYPE, &payloads).await?;
+    let publisher = workload::confirm_channel(&stack.amqp).await?;
+    let backlog = || {
+        payloads
+            .iter()
+            .map(|payload| (payload, workload::persistent()))
+    };
+    workload::publish_confirmed(&publisher, &exchange, OrderCreated::TYPE, 500, backlog()).await?;
 
     println!("\nP4 consumer apply of {messages} order.created");
     stack.spawn(
@@ -110,7 +112,7 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
     let queue = format!("{}.bench.p4", stack.prefix);
     let channel = stack.amqp.channel().await?;
     setup::quorum_queue(&channel, &queue).await?;
-    publish(&stack, "", &queue, &payloads).await?;
+    workload::publish_confirmed(&publisher, "", &queue, 500, backlog()).await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
@@ -153,46 +155,4 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
         .await?;
     drop(conn);
     stack.teardown().await
-}
-
-/// Publishes every payload with a fresh message ID, confirmed, in windows.
-async fn publish(
-    stack: &Stack,
-    exchange: &str,
-    routing_key: &str,
-    payloads: &[Vec<u8>],
-) -> anyhow::Result<()> {
-    let channel = stack.amqp.channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    for chunk in payloads.chunks(500) {
-        let mut confirms = Vec::with_capacity(chunk.len());
-        for payload in chunk {
-            let properties = BasicProperties::default()
-                .with_message_id(uuid::Uuid::now_v7().to_string().into())
-                .with_delivery_mode(2);
-            confirms.push(
-                channel
-                    .basic_publish(
-                        exchange.into(),
-                        routing_key.into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        payload,
-                        properties,
-                    )
-                    .await?,
-            );
-        }
-        for confirmation in join_all(confirms).await {
-            anyhow::ensure!(
-                matches!(confirmation?, lapin::Confirmation::Ack(None)),
-                "publish not routed"
-            );
-        }
-    }
-    Ok(())
 }

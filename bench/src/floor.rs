@@ -9,11 +9,8 @@ use std::time::Instant;
 use diesel::ExpressionMethods;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use hdrhistogram::Histogram;
-use lapin::{
-    BasicProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
-};
-use testkit::stack::Stack;
+use lapin::options::QueueDeleteOptions;
+use testkit::{stack::Stack, workload};
 
 use crate::{Options, Results, setup, throughput::round2};
 
@@ -73,38 +70,17 @@ async fn insert_p50(stack: &Stack, samples: usize) -> anyhow::Result<f64> {
 /// Median of one persistent publish confirmed (window 1) by an exchange
 /// bound to one quorum queue.
 async fn publish_p50(stack: &Stack, samples: usize) -> anyhow::Result<f64> {
-    let channel = stack.amqp.channel().await?;
+    let channel = workload::confirm_channel(&stack.amqp).await?;
     broker::topology::declare_exchange(&channel, &stack.prefix, "order").await?;
     let exchange = broker::topology::exchange(&stack.prefix, "order");
     let queue = format!("{}.bench.floor", stack.prefix);
     setup::bound_quorum_queue(&channel, &queue, &exchange).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let payload = vec![0xab_u8; 120];
     let mut histogram = Histogram::<u64>::new(3)?;
     for i in 0..samples + 10 {
         let started = Instant::now();
-        let properties = BasicProperties::default()
-            .with_message_id(uuid::Uuid::now_v7().to_string().into())
-            .with_delivery_mode(2);
-        let confirmation = channel
-            .basic_publish(
-                exchange.as_str().into(),
-                "order.created".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &payload,
-                properties,
-            )
-            .await?
-            .await?;
-        anyhow::ensure!(
-            matches!(confirmation, lapin::Confirmation::Ack(None)),
-            "hop floor publish not confirmed"
-        );
+        let message = (payload.as_slice(), workload::persistent());
+        workload::publish_confirmed(&channel, &exchange, "order.created", 1, [message]).await?;
         if i >= 10 {
             histogram.record(started.elapsed().as_micros() as u64)?;
         }

@@ -22,11 +22,13 @@ use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::Value;
-use testkit::stack::Stack;
+use testkit::{
+    stack::Stack,
+    workload::{Orders, World},
+};
 
 use crate::{
-    Options, Results, floor,
-    setup::{self, Lcg, World},
+    Options, Results, floor, setup,
     throughput::{self, round, round2},
 };
 
@@ -236,12 +238,12 @@ async fn propagation(
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = (duration.as_secs_f64() * f64::from(rate)) as u64;
     let started = Instant::now();
-    let mut rng = Lcg(42);
+    let mut orders = Orders::seeded(42);
     let mut tasks = Vec::with_capacity(total as usize);
     for i in 0..total {
         let scheduled = started + interval.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled.into()).await;
-        let (mut client, request) = (client.clone(), setup::order(world, &mut rng));
+        let (mut client, request) = (client.clone(), orders.draw(world));
         tasks.push(tokio::spawn(async move {
             let order_id = client.place_order(request).await?.into_inner().order_id;
             let (answered_us, answered) = (epoch_us(SystemTime::now()), Instant::now());

@@ -11,8 +11,8 @@
 //! * [`latency`]: P3 commit → points applied; P5 commit → APPROVED seen by
 //!   `WatchOrder`, at half of P7 and at 100 orders/s, in hop floors.
 //! * [`resources`]: P6 memory and start-up time.
-//! * [`setup`]: the stack of services, the world (customers, products) and
-//!   the seeded order generator every part shares.
+//! * [`setup`]: the stack of services and the world (customers, products)
+//!   every part shares, drawn from with `testkit::workload::Orders`.
 //! * [`targets`]: the targets, met / not met, and the README table.
 //!
 //! The services run as the release binaries, as processes, through

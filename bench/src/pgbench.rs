@@ -12,7 +12,9 @@ use std::{
 
 use dbps::order::v1::{LineItem, PlaceOrderRequest};
 
-use crate::{raw::RawOrder, setup::World};
+use testkit::workload::World;
+
+use crate::raw::RawOrder;
 
 /// A UUID for this transaction: `now()` in microseconds (the same within the
 /// transaction, rising like a version 7 UUID) and a random half from the
@@ -25,7 +27,7 @@ fn uuid(var: &str) -> String {
 
 /// Writes the script next to `out` (the JSON results) and returns its path.
 /// Orders have one line or two, half each, of one to three units of one of
-/// the world's SKUs, for one of its customers, as [`crate::setup::order`]
+/// the world's SKUs, for one of its customers, as [`testkit::workload::Orders`]
 /// makes them.
 pub fn script(out: &Path, world: &World) -> anyhow::Result<PathBuf> {
     let order_id = uuid("order_key");
@@ -36,11 +38,11 @@ pub fn script(out: &Path, world: &World) -> anyhow::Result<PathBuf> {
         let request = PlaceOrderRequest {
             customer_id: world.customers[0].clone(),
             lines: world
-                .skus
+                .products
                 .iter()
                 .take(lines)
-                .map(|sku| LineItem {
-                    sku: sku.clone(),
+                .map(|product| LineItem {
+                    sku: product.sku.clone(),
                     quantity: 1,
                 })
                 .collect(),
@@ -60,7 +62,7 @@ pub fn script(out: &Path, world: &World) -> anyhow::Result<PathBuf> {
         )
     };
     let lines_insert = "INSERT INTO bench_raw.order_lines (order_id, line_no, sku, quantity, unit_price_cents) VALUES";
-    let skus = world.skus.len();
+    let skus = world.products.len();
     let customers = world.customers.len();
     let text = format!(
         "\\set order_key random(1, 4611686018427387903)

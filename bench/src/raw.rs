@@ -19,8 +19,7 @@ use diesel::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::{FutureExt, future::BoxFuture};
 use prost::Message;
-
-use crate::setup::{self, Lcg, World};
+use testkit::workload::{Orders, World};
 
 /// The order service's tables, empty, in a schema of the baseline's own (so
 /// no relay publishes its rows).
@@ -222,10 +221,10 @@ pub async fn rate(
     for seed in 0..clients {
         let (pool, world, inserted) = (pool.clone(), world.clone(), inserted.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = Lcg(seed as u64 + 1);
+            let mut orders = Orders::seeded(seed as u64 + 1);
             let conn = pool.get().await?;
             while Instant::now() < deadline {
-                let order = RawOrder::new(&setup::order(&world, &mut rng))?;
+                let order = RawOrder::new(&orders.draw(&world))?;
                 order.insert(&conn).await?;
                 inserted.fetch_add(1, Ordering::Relaxed);
             }

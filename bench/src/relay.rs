@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 
 use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use futures_util::future::join_all;
 use lapin::{
     BasicProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions},
+    options::{QueueDeleteOptions, QueuePurgeOptions},
     types::{AMQPValue, FieldTable},
 };
-use testkit::stack::Stack;
+use testkit::{stack::Stack, workload};
 
 use crate::{Options, Results, report, setup, throughput::round2};
 
@@ -77,60 +76,10 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
 
     // The same payloads and headers, published raw in the same windows.
     let payload_bytes = vec![0xab_u8; 120];
-    let publisher = stack.amqp.channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let publisher = workload::confirm_channel(&stack.amqp).await?;
     let started = Instant::now();
-    let mut sent = 0;
-    while sent < rows {
-        let mut confirms = Vec::with_capacity(WINDOW);
-        for i in sent..(sent + WINDOW).min(rows) {
-            let mut headers = FieldTable::default();
-            for (key, value) in [
-                ("ce-specversion", "1.0".to_owned()),
-                ("ce-id", uuid::Uuid::new_v4().to_string()),
-                ("ce-source", "/services/order".into()),
-                ("ce-type", "order.v1.OrderCreated".into()),
-                ("ce-time", "2026-01-01T00:00:00.000000Z".into()),
-                ("ce-subject", format!("order-{i}")),
-                (
-                    "traceparent",
-                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
-                ),
-            ] {
-                headers.insert(key.into(), AMQPValue::LongString(value.into()));
-            }
-            let properties = BasicProperties::default()
-                .with_message_id(uuid::Uuid::new_v4().to_string().into())
-                .with_content_type("application/protobuf".into())
-                .with_type("order.created".into())
-                .with_app_id("order".into())
-                .with_timestamp(0)
-                .with_delivery_mode(2)
-                .with_headers(headers);
-            let confirm = publisher
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "order.created".into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &payload_bytes,
-                    properties,
-                )
-                .await?;
-            confirms.push(confirm);
-        }
-        for confirmation in join_all(confirms).await {
-            anyhow::ensure!(
-                matches!(confirmation?, lapin::Confirmation::Ack(None)),
-                "raw publish not confirmed"
-            );
-        }
-        sent = (sent + WINDOW).min(rows);
-    }
+    let messages = (0..rows).map(|i| (payload_bytes.as_slice(), relayed(i)));
+    workload::publish_confirmed(&publisher, &exchange, "order.created", WINDOW, messages).await?;
     let raw_rate = rows as f64 / started.elapsed().as_secs_f64();
     let ratio = report("P2 relay drain, events/s", relay_rate, raw_rate, "events/s");
     results.insert("p2_events_per_s".into(), relay_rate.round().into());
@@ -141,4 +90,31 @@ pub async fn run(options: &Options, results: &mut Results) -> anyhow::Result<()>
         .await?;
     drop(conn);
     stack.teardown().await
+}
+
+/// The properties and headers the relay gives the `i`th row of the backlog.
+fn relayed(i: usize) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (key, value) in [
+        ("ce-specversion", "1.0".to_owned()),
+        ("ce-id", uuid::Uuid::new_v4().to_string()),
+        ("ce-source", "/services/order".into()),
+        ("ce-type", "order.v1.OrderCreated".into()),
+        ("ce-time", "2026-01-01T00:00:00.000000Z".into()),
+        ("ce-subject", format!("order-{i}")),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        ),
+    ] {
+        headers.insert(key.into(), AMQPValue::LongString(value.into()));
+    }
+    BasicProperties::default()
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_content_type("application/protobuf".into())
+        .with_type("order.created".into())
+        .with_app_id("order".into())
+        .with_timestamp(0)
+        .with_delivery_mode(2)
+        .with_headers(headers)
 }

@@ -1,27 +1,14 @@
-//! A running system with customers and a catalog the order service knows.
+//! A running system with customers and a catalog the order service knows,
+//! made with `testkit::workload`, and the raw baselines' queues.
 
-use std::time::{Duration, Instant};
-
-use dbps::{
-    inventory::v1::{CreateProductRequest, inventory_service_client::InventoryServiceClient},
-    order::v1::{LineItem, PlaceOrderRequest, order_service_client::OrderServiceClient},
-};
+use dbps::order::v1::{LineItem, PlaceOrderRequest, order_service_client::OrderServiceClient};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use testkit::stack::Stack;
-use tonic::{Code, transport::Channel};
+use testkit::{
+    stack::Stack,
+    workload::{self, Shape, World},
+};
 
 use crate::Options;
-
-/// Customers and SKUs every service knows.
-#[derive(Clone, Debug)]
-pub struct World {
-    pub customers: Vec<String>,
-    pub skus: Vec<String>,
-}
-
-/// Customers and SKUs in a benchmark.
-const CUSTOMERS: usize = 50;
-const SKUS: usize = 20;
 
 /// Starts every service (with `extra` environment per service) and fills the
 /// world; returns once the order service accepts orders for all of it.
@@ -36,98 +23,43 @@ pub async fn start(
     Ok((stack, world))
 }
 
-/// Registers customers and products with plenty of stock, then waits until
-/// an order with every SKU goes through for the last customer.
+/// Registers 50 customers and 20 products `BENCH-<i>` with plenty of stock,
+/// then waits until an order with every SKU goes through for the last
+/// customer.
 pub async fn populate(stack: &Stack) -> anyhow::Result<World> {
-    let mut inventory = InventoryServiceClient::new(stack.channel("inventory")?);
-    let customers = stack.register_customers(CUSTOMERS, "b").await?;
-    let mut skus = Vec::new();
-    for i in 0..SKUS {
-        let sku = format!("BENCH-{i}");
-        let request = CreateProductRequest {
-            sku: sku.clone(),
-            name: format!("Product {i}"),
-            price_cents: 100 + 7 * i as i64,
-            initial_stock: 1_000_000_000,
-        };
-        inventory.create_product(request).await?;
-        skus.push(sku);
-    }
-    let world = World { customers, skus };
-    let last = world.customers.len() - 1;
+    let shape = Shape {
+        customers: 50,
+        email_tag: "b",
+        email_domain: &stack.prefix,
+        products: 20,
+        sku_prefix: "BENCH",
+        price_step: 7,
+        stock: 1_000_000_000,
+    };
+    let world = World::create(
+        stack.channel("customer")?,
+        stack.channel("inventory")?,
+        &shape,
+    )
+    .await?;
     let lines = world
-        .skus
+        .products
         .iter()
-        .map(|sku| LineItem {
-            sku: sku.clone(),
+        .map(|product| LineItem {
+            sku: product.sku.clone(),
             quantity: 1,
         })
         .collect();
     let request = PlaceOrderRequest {
-        customer_id: world.customers[last].clone(),
+        customer_id: world.customers[world.customers.len() - 1].clone(),
         lines,
         idempotency_key: "warm-up".into(),
     };
-    place_retrying(
-        &mut OrderServiceClient::new(stack.channel("order")?),
-        request,
-    )
-    .await?;
+    let client = OrderServiceClient::new(stack.channel("order")?);
+    if let Err(status) = workload::place(&[client], 0, &request).await.result {
+        anyhow::bail!("PlaceOrder: {status:?}");
+    }
     Ok(world)
-}
-
-/// Places `request`, retrying while the order service's replicas catch up.
-pub async fn place_retrying(
-    client: &mut OrderServiceClient<Channel>,
-    request: PlaceOrderRequest,
-) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match client.place_order(request.clone()).await {
-            Ok(order) => return Ok(order.into_inner().order_id),
-            Err(status)
-                if status.code() == Code::FailedPrecondition && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(status) => anyhow::bail!("PlaceOrder: {status:?}"),
-        }
-    }
-}
-
-/// A small deterministic generator.
-pub struct Lcg(pub u64);
-
-impl Lcg {
-    pub fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-}
-
-/// A typical order: one or two lines of one to three units.
-pub fn order(world: &World, rng: &mut Lcg) -> PlaceOrderRequest {
-    let customer_id = world.customers[rng.below(world.customers.len())].clone();
-    let first = rng.below(world.skus.len());
-    let mut lines = vec![LineItem {
-        sku: world.skus[first].clone(),
-        quantity: 1 + rng.below(3) as i32,
-    }];
-    if rng.below(2) == 0 {
-        let second = (first + 1 + rng.below(world.skus.len() - 1)) % world.skus.len();
-        lines.push(LineItem {
-            sku: world.skus[second].clone(),
-            quantity: 1 + rng.below(3) as i32,
-        });
-    }
-    PlaceOrderRequest {
-        customer_id,
-        lines,
-        idempotency_key: String::new(),
-    }
 }
 
 /// A superuser connection to the run's database.

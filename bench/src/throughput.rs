@@ -16,11 +16,9 @@ use std::{
 use dbps::order::v1::order_service_client::OrderServiceClient;
 use diesel::sql_types::Int8;
 use diesel_async::RunQueryDsl;
+use testkit::workload::{Orders, World};
 
-use crate::{
-    Options, Results, pgbench, raw, report, resources,
-    setup::{self, Lcg, World},
-};
+use crate::{Options, Results, pgbench, raw, report, resources, setup};
 
 const LEVELS: [usize; 3] = [1, 8, 32];
 
@@ -255,9 +253,9 @@ async fn grpc_rate(
     for seed in 0..clients {
         let (mut client, world, placed) = (client.clone(), world.clone(), placed.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = Lcg(seed as u64 + 1);
+            let mut orders = Orders::seeded(seed as u64 + 1);
             while Instant::now() < deadline {
-                client.place_order(setup::order(&world, &mut rng)).await?;
+                client.place_order(orders.draw(&world)).await?;
                 placed.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())

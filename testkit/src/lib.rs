@@ -9,6 +9,7 @@
 //! * [`stack`]: the four services as release binaries in processes, for the
 //!   bench and the fault suite.
 //! * [`certs`]: a throwaway CA and certificates for the TLS tests.
+//! * [`workload`]: the shared world, seeded orders, retried placing, raw publishing.
 //!
 //! `TEST_ADMIN_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! and `TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`) say where
@@ -27,6 +28,7 @@ use tonic::transport::Channel;
 
 pub mod certs;
 pub mod stack;
+pub mod workload;
 
 /// Every service name, for tearing down whatever a test declared.
 const SERVICES: &[&str] = &["order", "customer", "inventory", "reporting"];

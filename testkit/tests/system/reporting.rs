@@ -7,7 +7,7 @@ use std::{
 };
 
 use dbps::{
-    order::v1::{CancelOrderRequest, ListOrdersRequest, Order, OrderStatus},
+    order::v1::{CancelOrderRequest, ListOrdersRequest, Order, OrderStatus, PlaceOrderRequest},
     reporting::v1::{
         GetCustomerOrderHistoryRequest, GetCustomerOverviewRequest, ListTopProductsRequest,
     },
@@ -16,24 +16,13 @@ use diesel::{QueryableByName, sql_types::Text};
 use diesel_async::RunQueryDsl;
 use platform::Infra;
 use reporting_service::{SERVICE, config::Config, rebuild::rebuild};
-use testkit::eventually;
+use testkit::{
+    eventually,
+    workload::{Orders, Product, World},
+};
 use tonic::Code;
 
 use crate::support::{Deployment, INVENTORY, REPORTING, System, WAIT};
-
-/// A small deterministic pseudo-random sequence, so the burst is the same
-/// every run.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
 
 async fn all_orders(system: &System, customer_id: &str) -> Vec<Order> {
     let request = ListOrdersRequest {
@@ -98,40 +87,32 @@ async fn read_models_match_the_sources_after_a_burst_and_rebuild_identically() {
             "warm-up",
         )
         .await;
+    let world = World {
+        customers: customers.clone(),
+        products: skus
+            .iter()
+            .map(|&(sku, price_cents, initial_stock)| Product {
+                sku: sku.into(),
+                price_cents,
+                initial_stock,
+            })
+            .collect(),
+    };
 
-    // 500 orders, 16 at a time, of 1 to 3 lines: stock runs out for some
+    // 500 orders, 16 at a time, of 1 or 2 lines: stock runs out for some
     // SKUs, so some are rejected.
-    let mut rng = Lcg(42);
-    let mut requests = Vec::new();
-    for i in 0..500 {
-        let customer = customers[rng.below(5) as usize].clone();
-        let mut lines: Vec<(&str, i32)> = Vec::new();
-        for (sku, _, _) in skus {
-            if lines.is_empty() || rng.below(3) == 0 {
-                lines.push((sku, 1 + rng.below(3) as i32));
-            }
-            if lines.len() == 3 {
-                break;
-            }
-        }
-        requests.push((customer, lines, format!("burst-{i}")));
-    }
+    let mut generator = Orders::seeded(42);
+    let requests: Vec<_> = (0..500)
+        .map(|i| PlaceOrderRequest {
+            idempotency_key: format!("burst-{i}"),
+            ..generator.draw(&world)
+        })
+        .collect();
     let started = Instant::now();
     for chunk in requests.chunks(16) {
         let mut placing = Vec::new();
-        for (customer, lines, key) in chunk {
-            let orders = system.orders.clone();
-            let request = dbps::order::v1::PlaceOrderRequest {
-                customer_id: customer.clone(),
-                lines: lines
-                    .iter()
-                    .map(|(sku, quantity)| dbps::order::v1::LineItem {
-                        sku: (*sku).into(),
-                        quantity: *quantity,
-                    })
-                    .collect(),
-                idempotency_key: key.clone(),
-            };
+        for request in chunk {
+            let (orders, request) = (system.orders.clone(), request.clone());
             placing.push(tokio::spawn(async move {
                 orders
                     .clone()

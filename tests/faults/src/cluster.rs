@@ -44,11 +44,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio::{process::Command, task::JoinHandle};
 use tonic::transport::Channel;
 
-use testkit::stack::SERVICES;
+use testkit::{
+    stack::SERVICES,
+    workload::{Product, World},
+};
 
 use crate::{
     Options,
-    load::{self, Outcome, World},
+    load::{self, Outcome},
     reconcile::{self, Databases, Verdict},
     scenarios::{Report, longest_gap},
 };
@@ -676,7 +679,11 @@ async fn replica_contention(tag: &str, options: &Options) -> anyhow::Result<Repo
         .await?;
     let world = World {
         customers,
-        products: vec![(sku.clone(), price, UNITS)],
+        products: vec![Product {
+            sku: sku.clone(),
+            price_cents: price,
+            initial_stock: UNITS,
+        }],
     };
     known_to_orders(&world.customers, &sku).await?;
 

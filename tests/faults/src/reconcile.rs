@@ -29,7 +29,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use testkit::stack::{SERVICES, Stack};
 
-use crate::load::{Accepted, World};
+use testkit::workload::World;
+
+use crate::load::Accepted;
 
 /// The verdict of one check.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -210,7 +212,7 @@ pub async fn check_databases(
     accepted: &[Accepted],
 ) -> anyhow::Result<Verdict> {
     let customers = &world.customers;
-    let skus: Vec<String> = world.products.iter().map(|p| p.0.clone()).collect();
+    let skus: Vec<String> = world.products.iter().map(|p| p.sku.clone()).collect();
     let mut verdict = Verdict::default();
 
     let mut conn = AsyncPgConnection::establish(&databases.order).await?;
@@ -441,7 +443,8 @@ pub async fn check_databases(
             *sold_in.entry(&line.sku).or_default() += 1;
         }
     }
-    for (sku, _, initial) in &world.products {
+    for product in &world.products {
+        let (sku, initial) = (&product.sku, &product.initial_stock);
         let (available, held) = stock.get(sku).copied().unwrap_or((0, 0));
         let expected = reserved.get(sku.as_str()).copied().unwrap_or(0);
         let expected_sales = (expected, sold_in.get(sku.as_str()).copied().unwrap_or(0));

@@ -20,20 +20,20 @@ use dbps::{
 use futures_util::StreamExt;
 use lapin::{
     BasicProperties,
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use prost::Message;
 use tokio::process::Command;
 
-use testkit::stack::Stack;
+use testkit::{
+    stack::Stack,
+    workload::{self, World},
+};
 
 use crate::{
     Options, load,
-    load::{Outcome, World},
+    load::Outcome,
     reconcile::{self, Verdict},
 };
 
@@ -384,7 +384,8 @@ async fn consumer_crash(options: &Options) -> anyhow::Result<Report> {
     run.finish(stack, &world, outcome, options).await
 }
 
-/// Publishes raw bytes, waiting for the broker's confirm.
+/// Publishes raw bytes on a connection of its own, waiting for the broker's
+/// confirm.
 async fn publish(
     stack: &Stack,
     exchange: String,
@@ -392,30 +393,14 @@ async fn publish(
     payload: &[u8],
 ) -> anyhow::Result<()> {
     let amqp = broker::Amqp::new(stack.amqp_url(), "faults-poison");
-    let channel = amqp.channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let channel = workload::confirm_channel(&amqp).await?;
     let properties =
         BasicProperties::default().with_message_id(uuid::Uuid::now_v7().to_string().into());
-    let confirm = channel
-        .basic_publish(
-            exchange.as_str().into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            payload,
-            properties,
-        )
-        .await?
-        .await?;
+    let published =
+        workload::publish_confirmed(&channel, &exchange, routing_key, 1, [(payload, properties)])
+            .await;
     amqp.close().await;
-    match confirm {
-        lapin::Confirmation::Ack(None) => Ok(()),
-        other => bail!("poison {routing_key} not routed: {other:?}"),
-    }
+    published.with_context(|| format!("poison {routing_key}"))
 }
 
 /// R4: poison messages on the real queues, mid-load: an undecodable payload
