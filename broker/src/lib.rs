@@ -22,7 +22,8 @@
 //! * [`event_log`]: reading a consumer's event log (a stream) from a start to its end.
 //! * [`envelope`]: AMQP properties, CloudEvents headers and [`TraceContext`].
 //! * [`amqp`]: [`Amqp`], the one connection a process shares, reopened after loss.
-//! * [`pg`]: connections pinned to a schema, the outbox/inbox migrations.
+//! * [`pg`]: connections pinned to a schema, the outbox/inbox migrations, and
+//!   [`pg::statement`], hand-written SQL that stays prepared.
 //! * [`supervise`]: the one backoff and restart loop of every long-lived task.
 //! * [`dlq`]: browsing, replaying and dropping dead-lettered messages.
 //! * `error`: [`BrokerError`]; `metrics`: the relay's and consumers' Prometheus

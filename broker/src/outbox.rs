@@ -10,13 +10,13 @@ use std::{
 };
 
 use chrono::Utc;
-use diesel::{ExpressionMethods, sql_types::Text};
+use diesel::sql_types::{Array, Bytea, Jsonb, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{TraceContext, envelope, pg, schema::outbox, supervise::Restarts};
+use crate::{TraceContext, envelope, pg, supervise::Restarts};
 
 /// The NOTIFY channel a schema's relay listens on.
 pub fn notify_channel(schema: &str) -> String {
@@ -132,24 +132,23 @@ impl Outbox {
         if entries.is_empty() {
             return Ok(ids);
         }
-        let rows: Vec<_> = entries
-            .iter()
-            .map(|entry| {
-                tracing::debug!(event_id = %entry.event_id, event_type = entry.event_type, aggregate_id = %entry.aggregate_id, "event enqueued");
-                (
-                    outbox::event_id.eq(entry.event_id),
-                    outbox::aggregate_type.eq(entry.aggregate_type),
-                    outbox::aggregate_id.eq(&entry.aggregate_id),
-                    outbox::event_type.eq(entry.event_type),
-                    outbox::payload.eq(&entry.payload),
-                    outbox::headers.eq(&entry.headers),
-                )
-            })
-            .collect();
-        diesel::insert_into(outbox::table)
-            .values(rows)
-            .execute(&mut &*conn)
-            .await?;
+        for entry in &entries {
+            tracing::debug!(event_id = %entry.event_id, event_type = entry.event_type, aggregate_id = %entry.aggregate_id, "event enqueued");
+        }
+        // One statement kept prepared whatever the number of events (a
+        // multi-row VALUES would be parsed again for each number).
+        pg::statement(
+            "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[])",
+        )
+        .bind::<Array<SqlUuid>, _>(entries.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(entries.iter().map(|e| e.aggregate_type).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(entries.iter().map(|e| e.aggregate_id.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(entries.iter().map(|e| e.event_type).collect::<Vec<_>>())
+        .bind::<Array<Bytea>, _>(entries.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(entries.iter().map(|e| &e.headers).collect::<Vec<_>>())
+        .execute(&mut &*conn)
+        .await?;
         Ok(ids)
     }
 
@@ -228,7 +227,7 @@ impl Outbox {
                     if AtomicBool::load(&wake.leading, Ordering::Acquire) {
                         continue;
                     }
-                    diesel::sql_query("SELECT pg_notify($1, '')")
+                    pg::statement("SELECT pg_notify($1, '')")
                         .bind::<Text, _>(&wake.channel)
                         .execute(&mut conn)
                         .await?;

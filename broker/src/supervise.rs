@@ -4,6 +4,7 @@
 //! with the same backoff: backon's exponential policy with jitter.
 
 use std::{
+    borrow::Cow,
     fmt::Display,
     sync::{
         Arc,
@@ -72,15 +73,16 @@ impl Up {
 /// ```
 #[derive(Debug)]
 pub struct Restarts {
-    what: String,
+    what: Cow<'static, str>,
     max: Duration,
     delays: ExponentialBackoff,
     up: Up,
 }
 
 impl Restarts {
-    /// No attempt yet; delays grow up to `max`.
-    pub fn new(what: impl Into<String>, max: Duration) -> Self {
+    /// No attempt yet; delays grow up to `max`. A `&'static str` costs no
+    /// allocation, so a `Restarts` may be made for each short-lived task.
+    pub fn new(what: impl Into<Cow<'static, str>>, max: Duration) -> Self {
         Restarts {
             what: what.into(),
             max,

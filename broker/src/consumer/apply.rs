@@ -8,7 +8,10 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use diesel::ExpressionMethods;
+use diesel::{
+    ExpressionMethods,
+    sql_types::{Array, Text, Uuid as SqlUuid},
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use lapin::message::Delivery;
 use opentelemetry::trace::TraceContextExt;
@@ -187,23 +190,28 @@ fn failed_commit(error: &diesel::result::Error, n: usize) -> Vec<Outcome> {
 /// The fast path: one inbox insert for the batch, then the handler of each
 /// run of new events. A repeated message ID within the batch counts once.
 async fn apply_all(conn: &mut AsyncPgConnection, work: &[Work]) -> Result<Vec<Outcome>, Abort> {
-    let rows: Vec<_> = work
+    #[derive(diesel::QueryableByName)]
+    struct Fresh {
+        #[diesel(sql_type = SqlUuid)]
+        message_id: Uuid,
+    }
+    let ids: Vec<Uuid> = work.iter().map(|item| item.decoded.event_id).collect();
+    let types: Vec<&str> = work
         .iter()
-        .map(|item| {
-            (
-                inbox::message_id.eq(item.decoded.event_id),
-                inbox::event_type.eq(item.delivery.routing_key.as_str()),
-            )
-        })
+        .map(|item| item.delivery.routing_key.as_str())
         .collect();
-    let mut fresh: HashSet<Uuid> = diesel::insert_into(inbox::table)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .returning(inbox::message_id)
-        .get_results(conn)
-        .await?
-        .into_iter()
-        .collect();
+    // One statement kept prepared whatever the batch's size (a multi-row
+    // VALUES would be parsed again for each size).
+    let fresh: Vec<Fresh> = pg::statement(
+        "INSERT INTO inbox (message_id, event_type)
+         SELECT * FROM unnest($1::uuid[], $2::text[])
+         ON CONFLICT DO NOTHING RETURNING message_id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Text>, _>(types)
+    .load(conn)
+    .await?;
+    let mut fresh: HashSet<Uuid> = fresh.into_iter().map(|row| row.message_id).collect();
     let mut outcomes = Vec::with_capacity(work.len());
     let mut new = Vec::with_capacity(fresh.len());
     for item in work {

@@ -426,7 +426,7 @@ impl Relay {
     ) -> Result<usize, BrokerError> {
         let started = Instant::now();
         let (lows, highs) = leader.window.runs();
-        let rows: Vec<Row> = diesel::sql_query(
+        let rows: Vec<Row> = pg::statement(
             "SELECT id, event_id, event_type, payload, headers, created_at FROM outbox
              WHERE published_at IS NULL
                AND (next_attempt_at IS NULL OR next_attempt_at <= now())
@@ -588,7 +588,7 @@ impl Relay {
     }
 
     async fn measure_backlog(&self, conn: &mut AsyncPgConnection) -> Result<(), BrokerError> {
-        let backlog: Backlog = diesel::sql_query(
+        let backlog: Backlog = pg::statement(
             "SELECT count(*) AS rows,
                     coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
              FROM outbox WHERE published_at IS NULL",
@@ -663,7 +663,7 @@ async fn mark(conn: &mut AsyncPgConnection, marks: &Marks) -> Result<(), BrokerE
     if !marks.failed.is_empty() {
         // Each failed event waits on its own doubling backoff (1 s to 1 min)
         // and never holds up the events behind it.
-        diesel::sql_query(
+        pg::statement(
             "UPDATE outbox SET attempts = attempts + 1,
                next_attempt_at = now() + least(interval '1 second' * power(2, attempts), interval '1 minute')
              WHERE id = ANY($1)",
@@ -673,7 +673,7 @@ async fn mark(conn: &mut AsyncPgConnection, marks: &Marks) -> Result<(), BrokerE
         .await?;
     }
     if !marks.published.is_empty() {
-        diesel::sql_query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        pg::statement("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
             .bind::<Array<BigInt>, _>(&marks.published)
             .execute(conn)
             .await?;

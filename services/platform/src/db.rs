@@ -24,7 +24,7 @@ use diesel_async::{
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
-pub use broker::pg::{PgPool, connect, is_connection_error, quote_ident};
+pub use broker::pg::{PgPool, Statement, connect, is_connection_error, quote_ident, statement};
 
 /// A connection checked out of the pool.
 pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;

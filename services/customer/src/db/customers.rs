@@ -10,6 +10,8 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use platform::db::statement;
+
 use super::schema::customers;
 
 /// A customer row (without the balance's version, which only events carry).
@@ -123,7 +125,7 @@ pub async fn add_points_all(conn: &AsyncPgConnection, changes: &[PointsChange]) 
     let ids: Vec<Uuid> = changes.iter().map(|c| c.customer_id).collect();
     let deltas: Vec<i64> = changes.iter().map(|c| c.delta).collect();
     let steps: Vec<i64> = changes.iter().map(|c| c.changes).collect();
-    diesel::sql_query(
+    statement(
         "UPDATE customers AS c
             SET loyalty_points = c.loyalty_points + d.delta,
                 points_version = c.points_version + d.steps

@@ -16,6 +16,8 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use platform::db::statement;
+
 use super::schema::loyalty_ledger;
 use crate::domain::Ledger;
 
@@ -77,7 +79,7 @@ pub async fn update_all(conn: &AsyncPgConnection, entries: &[(Uuid, Ledger)]) ->
     let ids: Vec<Uuid> = entries.iter().map(|(id, _)| *id).collect();
     let credited: Vec<i64> = entries.iter().map(|(_, e)| e.credited).collect();
     let reversed: Vec<bool> = entries.iter().map(|(_, e)| e.reversed).collect();
-    diesel::sql_query(
+    statement(
         "UPDATE loyalty_ledger AS l
             SET credited = d.credited, reversed = d.reversed, updated_at = now()
            FROM unnest($1::uuid[], $2::int8[], $3::bool[]) AS d(order_id, credited, reversed)

@@ -9,6 +9,8 @@ use diesel::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use platform::db::statement;
+
 use super::schema::products;
 use crate::domain::MAX_STOCK;
 
@@ -144,7 +146,7 @@ pub async fn store_stock_all(conn: &AsyncPgConnection, rows: &[&Product]) -> Que
     let reserved: Vec<i64> = rows.iter().map(|row| row.reserved).collect();
     let versions: Vec<i64> = rows.iter().map(|row| row.version).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|row| row.updated_at).collect();
-    diesel::sql_query(
+    statement(
         "UPDATE products AS p
             SET available = d.available, reserved = d.reserved,
                 version = d.version, updated_at = d.updated_at

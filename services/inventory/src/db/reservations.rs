@@ -9,6 +9,8 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use platform::db::statement;
+
 use super::schema::{reservation_lines, reservations};
 
 /// Where inventory stands with an order.
@@ -126,7 +128,7 @@ pub async fn decide_all(conn: &AsyncPgConnection, decisions: &[Decision]) -> Que
     let ids: Vec<Uuid> = decisions.iter().map(|d| d.order_id).collect();
     let statuses: Vec<&str> = decisions.iter().map(|d| d.status.as_str()).collect();
     let reasons: Vec<&str> = decisions.iter().map(|d| d.reason.as_str()).collect();
-    let decided = diesel::sql_query(
+    let decided = statement(
         "UPDATE reservations AS r
             SET status = d.status, reason = d.reason, updated_at = now()
            FROM unnest($1::uuid[], $2::text[], $3::text[]) AS d(order_id, status, reason)

@@ -13,6 +13,8 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use platform::db::statement;
+
 use super::schema::{order_lines, orders};
 
 /// An order row.
@@ -80,7 +82,7 @@ pub async fn insert_placed(
         #[diesel(sql_type = BigInt)]
         placed: i64,
     }
-    let placed: Placed = diesel::sql_query(
+    let placed: Placed = statement(
         "WITH placed AS (
              INSERT INTO orders (order_id, customer_id, status, status_reason, total_cents,
                                  idempotency_key, created_at, updated_at)
@@ -168,7 +170,7 @@ pub async fn store_status_all(conn: &AsyncPgConnection, rows: &[&OrderRow]) -> Q
     let statuses: Vec<&str> = rows.iter().map(|row| row.status.as_str()).collect();
     let reasons: Vec<&str> = rows.iter().map(|row| row.status_reason.as_str()).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|row| row.updated_at).collect();
-    diesel::sql_query(
+    statement(
         "UPDATE orders AS o
             SET status = d.status, status_reason = d.reason, updated_at = d.updated_at
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
@@ -196,7 +198,7 @@ pub async fn notify_changed_all(conn: &AsyncPgConnection, order_ids: &[Uuid]) ->
         return Ok(());
     }
     let ids: Vec<String> = order_ids.iter().map(Uuid::to_string).collect();
-    diesel::sql_query(
+    statement(
         "SELECT pg_notify($1, id) FROM unnest($2::text[]) WITH ORDINALITY AS n(id, i) ORDER BY i",
     )
     .bind::<Text, _>(CHANGES_CHANNEL)

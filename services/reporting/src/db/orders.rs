@@ -11,6 +11,8 @@ use diesel::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use platform::db::statement;
+
 use super::{
     products::{self, SalesDelta},
     schema::{order_line_view, order_view},
@@ -257,7 +259,7 @@ pub async fn recount_all(conn: &mut AsyncPgConnection, order_ids: &[Uuid]) -> Qu
     products::count_sales(conn, &deltas).await?;
     let ids: Vec<Uuid> = flips.keys().copied().collect();
     let counted: Vec<bool> = flips.values().copied().collect();
-    diesel::sql_query(
+    statement(
         "UPDATE order_view AS o SET counted = d.counted
            FROM unnest($1::uuid[], $2::bool[]) AS d(order_id, counted)
           WHERE o.order_id = d.order_id",

@@ -9,6 +9,10 @@ use diesel::ConnectionError;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+mod statement;
+
+pub use statement::{Statement, statement};
+
 /// The pool every service uses for request and consumer work.
 pub type PgPool = diesel_async::pooled_connection::bb8::Pool<AsyncPgConnection>;
 
