@@ -8,9 +8,8 @@ use diesel::{
     sql_types::{Array, BigInt, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
 use platform::db::statement;
+use uuid::Uuid;
 
 use super::schema::customers;
 

@@ -14,9 +14,8 @@ use diesel::{
     sql_types::{Array, BigInt, Bool, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
 use platform::db::statement;
+use uuid::Uuid;
 
 use super::schema::loyalty_ledger;
 use crate::domain::Ledger;
@@ -52,22 +51,28 @@ pub async fn insert_all(
     if entries.is_empty() {
         return Ok(());
     }
-    let rows: Vec<_> = entries
-        .iter()
-        .map(|(order_id, customer_id, entry)| {
-            (
-                loyalty_ledger::order_id.eq(*order_id),
-                loyalty_ledger::customer_id.eq(*customer_id),
-                loyalty_ledger::credited.eq(entry.credited),
-                loyalty_ledger::reversed.eq(entry.reversed),
-            )
-        })
-        .collect();
-    diesel::insert_into(loyalty_ledger::table)
-        .values(rows)
-        .execute(&mut &*conn)
-        .await
-        .map(|_| ())
+    // Arrays, so one prepared statement serves any number of entries.
+    statement(
+        "INSERT INTO loyalty_ledger (order_id, customer_id, credited, reversed)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::bool[])",
+    )
+    .bind::<Array<SqlUuid>, _>(entries.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(entries.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(
+        entries
+            .iter()
+            .map(|(_, _, e)| e.credited)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Bool>, _>(
+        entries
+            .iter()
+            .map(|(_, _, e)| e.reversed)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut &*conn)
+    .await
+    .map(|_| ())
 }
 
 /// Replaces entries locked by [`lock_all`], one statement for all (one

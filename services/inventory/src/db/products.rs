@@ -8,7 +8,6 @@ use diesel::{
     sql_types::{Array, BigInt, Text, Timestamptz},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-
 use platform::db::statement;
 
 use super::schema::products;

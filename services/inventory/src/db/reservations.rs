@@ -4,12 +4,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use diesel::{
     prelude::*,
-    sql_types::{Array, Text, Uuid as SqlUuid},
+    sql_types::{Array, Integer, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
 use platform::db::statement;
+use uuid::Uuid;
 
 use super::schema::{reservation_lines, reservations};
 
@@ -66,22 +65,22 @@ pub async fn claim_all(
     }
     // In ID order, so that concurrent claims cannot deadlock.
     let unique: BTreeSet<Uuid> = order_ids.iter().copied().collect();
-    let rows: Vec<_> = unique
-        .into_iter()
-        .map(|order_id| {
-            (
-                reservations::order_id.eq(order_id),
-                reservations::status.eq(status.as_str()),
-            )
-        })
-        .collect();
-    let claimed: Vec<Uuid> = diesel::insert_into(reservations::table)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .returning(reservations::order_id)
-        .get_results(&mut &*conn)
-        .await?;
-    Ok(claimed.into_iter().collect())
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = SqlUuid)]
+        order_id: Uuid,
+    }
+    // Arrays, so one prepared statement serves any number of orders.
+    let claimed: Vec<Claimed> = statement(
+        "INSERT INTO reservations (order_id, status)
+         SELECT order_id, $2 FROM unnest($1::uuid[]) AS claim(order_id)
+         ON CONFLICT DO NOTHING RETURNING order_id",
+    )
+    .bind::<Array<SqlUuid>, _>(unique.into_iter().collect::<Vec<_>>())
+    .bind::<Text, _>(status.as_str())
+    .load(&mut &*conn)
+    .await?;
+    Ok(claimed.into_iter().map(|row| row.order_id).collect())
 }
 
 /// The statuses of the orders that have a row, locking those rows until
@@ -138,24 +137,25 @@ pub async fn decide_all(conn: &AsyncPgConnection, decisions: &[Decision]) -> Que
     .bind::<Array<Text>, _>(statuses)
     .bind::<Array<Text>, _>(reasons)
     .execute(&mut &*conn);
-    let rows: Vec<_> = decisions
+    let held: Vec<(Uuid, &str, i32)> = decisions
         .iter()
         .flat_map(|d| {
-            d.lines.iter().map(|(sku, quantity)| {
-                (
-                    reservation_lines::order_id.eq(d.order_id),
-                    reservation_lines::sku.eq(sku.as_str()),
-                    reservation_lines::quantity.eq(*quantity),
-                )
-            })
+            d.lines
+                .iter()
+                .map(|(sku, quantity)| (d.order_id, sku.as_str(), *quantity))
         })
         .collect();
-    if rows.is_empty() {
+    if held.is_empty() {
         decided.await?;
     } else {
-        let held = diesel::insert_into(reservation_lines::table)
-            .values(rows)
-            .execute(&mut &*conn);
+        let held = statement(
+            "INSERT INTO reservation_lines (order_id, sku, quantity)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[])",
+        )
+        .bind::<Array<SqlUuid>, _>(held.iter().map(|h| h.0).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(held.iter().map(|h| h.1).collect::<Vec<_>>())
+        .bind::<Array<Integer>, _>(held.iter().map(|h| h.2).collect::<Vec<_>>())
+        .execute(&mut &*conn);
         futures_util::try_join!(decided, held)?;
     }
     Ok(())

@@ -11,9 +11,8 @@ use diesel::{
     },
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
 use platform::db::statement;
+use uuid::Uuid;
 
 use super::schema::{order_lines, orders};
 

@@ -9,9 +9,8 @@ use diesel::{
     upsert::excluded,
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use uuid::Uuid;
-
 use platform::db::statement;
+use uuid::Uuid;
 
 use super::{
     products::{self, SalesDelta},
